@@ -1,0 +1,63 @@
+"""mechattr: input attribution for TransformerLens models.
+
+>>> import mechattr as ma
+>>> model = ma.load_model()                       # built-in offline model
+>>> res = ma.attribute(model, "The capital of France is", target=" Paris", method="ig")
+>>> res.scores, res.tokens, res.diagnostics["completeness_error"]
+"""
+
+from .adapter import ModelAdapter, as_adapter
+from .api import attribute, resolve, run_method
+from .attribution import Attribution
+from .display import compare
+from .errors import (
+    HookError,
+    InputError,
+    MechattrError,
+    MethodError,
+    ModelError,
+    ResultFileError,
+    TargetError,
+)
+from .loading import DEFAULT_MODEL, builtin_models, cache_dir, load_model
+from .registry import get_method, list_methods, register
+from .targets import (
+    Contrast,
+    ForcedContinuation,
+    FunctionTarget,
+    Generate,
+    NextToken,
+    Target,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "attribute",
+    "resolve",
+    "run_method",
+    "load_model",
+    "builtin_models",
+    "cache_dir",
+    "DEFAULT_MODEL",
+    "Attribution",
+    "ModelAdapter",
+    "as_adapter",
+    "compare",
+    "list_methods",
+    "get_method",
+    "register",
+    "Target",
+    "NextToken",
+    "Contrast",
+    "ForcedContinuation",
+    "Generate",
+    "FunctionTarget",
+    "MechattrError",
+    "InputError",
+    "TargetError",
+    "MethodError",
+    "ModelError",
+    "HookError",
+    "ResultFileError",
+]

@@ -1,0 +1,375 @@
+"""The only module that knows which TransformerLens line and model class it is talking to.
+
+Supported: TL 3.x ``HookedTransformer``, TL 3.x and 4.x ``TransformerBridge``. Everything else in
+mechattr goes through :class:`ModelAdapter`: tokenization and the BOS policy, hook names, layer and
+head counts, the embedding hook, a forward that stops after the last block, and a hooks context
+that always removes what it added.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from .errors import HookError, InputError, ModelError, TargetError, suggest
+
+EMBED_HOOK = "hook_embed"
+
+
+class _StopForward(Exception):
+    """Raised from a hook to end a forward pass once everything needed has been captured."""
+
+
+def tl_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("transformer-lens")
+    except Exception:  # pragma: no cover - only when installed oddly
+        return "unknown"
+
+
+def tl_major() -> int:
+    try:
+        return int(tl_version().split(".")[0])
+    except ValueError:  # pragma: no cover
+        return 0
+
+
+def model_kind(model: Any) -> str:
+    """'hooked' for HookedTransformer, 'bridge' for TransformerBridge; raises otherwise."""
+    names = {c.__name__ for c in type(model).__mro__}
+    if "TransformerBridge" in names:
+        return "bridge"
+    if "HookedTransformer" in names:
+        return "hooked"
+    raise ModelError(
+        f"mechattr works on TransformerLens models; got {type(model).__name__}. "
+        "Pass a HookedTransformer or TransformerBridge, a local Hugging Face directory, "
+        "or a name understood by mechattr.load_model."
+    )
+
+
+@dataclass
+class ModelState:
+    """What a call must give back unchanged: train/eval mode per module and requires_grad flags."""
+
+    training: list[tuple[torch.nn.Module, bool]]
+    requires_grad: list[tuple[torch.nn.Parameter, bool]]
+
+    @classmethod
+    def capture(cls, model: torch.nn.Module) -> "ModelState":
+        return cls(
+            training=[(m, m.training) for m in model.modules()],
+            requires_grad=[(p, p.requires_grad) for p in model.parameters()],
+        )
+
+    def restore(self) -> None:
+        for m, t in self.training:
+            m.training = t
+        for p, r in self.requires_grad:
+            if p.requires_grad != r:
+                p.requires_grad_(r)
+
+
+@dataclass
+class ModelAdapter:
+    """A TransformerLens model seen through one interface. Build with :func:`as_adapter`."""
+
+    model: Any
+    name: str = ""
+    prepend_bos: bool | None = None
+    kind: str = field(init=False)
+    _fast_logits_ok: bool | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.kind = model_kind(self.model)
+        if self.tokenizer is None:
+            raise ModelError(
+                "This model has no tokenizer; mechattr needs one to turn text into tokens. "
+                "Attach one (model.set_tokenizer(...)) or load the model with a tokenizer."
+            )
+        if self.prepend_bos is None:
+            self.prepend_bos = bool(getattr(self.cfg, "default_prepend_bos", True)) and (
+                self.tokenizer.bos_token_id is not None
+            )
+        if not self.name:
+            self.name = str(getattr(self.cfg, "model_name", "") or type(self.model).__name__)
+
+    # ----- config ------------------------------------------------------------------------------
+    @property
+    def cfg(self) -> Any:
+        return self.model.cfg
+
+    @property
+    def tokenizer(self) -> Any:
+        return getattr(self.model, "tokenizer", None)
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.cfg.n_layers)
+
+    @property
+    def n_heads(self) -> int:
+        return int(self.cfg.n_heads)
+
+    @property
+    def n_kv_heads(self) -> int:
+        kv = getattr(self.cfg, "n_key_value_heads", None)
+        return int(kv) if kv else self.n_heads
+
+    @property
+    def d_model(self) -> int:
+        return int(self.cfg.d_model)
+
+    @property
+    def d_vocab(self) -> int:
+        return int(self.cfg.d_vocab)
+
+    @property
+    def n_ctx(self) -> int:
+        return int(self.cfg.n_ctx)
+
+    @property
+    def device(self) -> torch.device:
+        try:
+            return next(self.model.parameters()).device
+        except StopIteration:  # pragma: no cover
+            return torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.W_E.dtype
+
+    @property
+    def W_E(self) -> Float[Tensor, "vocab d_model"]:
+        return self.model.W_E
+
+    # ----- tokens ------------------------------------------------------------------------------
+    def tokenize(self, text: str) -> Int[Tensor, "1 pos"]:
+        """Token ids of ``text`` with the model's BOS policy applied; errors on empty or too long text."""
+        if not isinstance(text, str):
+            raise InputError(f"Expected the prompt as a string, got {type(text).__name__}.")
+        if text == "":
+            raise InputError("The prompt is empty: give at least one character of text to attribute.")
+        ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        if self.prepend_bos:
+            ids = [int(self.tokenizer.bos_token_id)] + ids
+        if not ids:
+            raise InputError(f"The prompt {text!r} produced no tokens.")
+        return self.check_length(torch.tensor([ids], dtype=torch.long, device=self.device))
+
+    def check_length(self, tokens: Tensor) -> Tensor:
+        if tokens.shape[-1] > self.n_ctx:
+            raise InputError(
+                f"The input has {tokens.shape[-1]} tokens but the model's context is {self.n_ctx}. "
+                "Shorten the text (or the forced continuation)."
+            )
+        return tokens
+
+    def encode_continuation(self, text: str) -> list[int]:
+        if not isinstance(text, str) or text == "":
+            raise TargetError("A target text must be a non-empty string, e.g. ' Paris'.")
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def single_token(self, text: str | int, what: str = "target") -> int:
+        """The id of a text that must be exactly one token (or an id passed through after a range check)."""
+        if isinstance(text, bool):
+            raise TargetError(f"The {what} must be a token string or id, not a bool.")
+        if isinstance(text, int):
+            if not 0 <= text < self.d_vocab:
+                raise TargetError(f"The {what} token id {text} is outside the vocabulary [0, {self.d_vocab}).")
+            return int(text)
+        ids = self.encode_continuation(text)
+        if len(ids) != 1:
+            pieces = [self.tokenizer.decode([i]) for i in ids]
+            raise TargetError(
+                f"The {what} {text!r} is {len(ids)} tokens {pieces}, but one token is required here. "
+                "Pass a single token (mind the leading space, e.g. ' Paris'), or use "
+                "mechattr.ForcedContinuation(text) to attribute every token of a longer continuation."
+            )
+        return ids[0]
+
+    def str_tokens(self, ids: Sequence[int] | Tensor) -> list[str]:
+        if isinstance(ids, Tensor):
+            ids = ids.reshape(-1).tolist()
+        return [self.tokenizer.decode([int(i)]) for i in ids]
+
+    def special_token_id(self, kind: str) -> int | None:
+        """pad/eos/bos/unk/mask id of the tokenizer, or None if it has none."""
+        return getattr(self.tokenizer, f"{kind}_token_id", None)
+
+    # ----- hooks -------------------------------------------------------------------------------
+    def hook_names(self) -> list[str]:
+        return list(self.model.hook_dict.keys())
+
+    def has_hook(self, name: str) -> bool:
+        if name in self.model.hook_dict:
+            return True
+        # Bridges resolve legacy aliases (hook_embed, blocks.0.hook_resid_pre) when hooks are added.
+        # Some TL 3.x bridges ignore unknown names silently, so count what actually got attached.
+        def n_hooks() -> int:
+            return sum(len(getattr(hp, "_forward_hooks", {})) for hp in self.model.hook_dict.values())
+
+        before = n_hooks()
+        try:
+            with self.model.hooks(fwd_hooks=[(name, lambda x, hook: None)]):
+                return n_hooks() > before
+        except Exception:
+            return False
+
+    def check_hook(self, name: str) -> str:
+        if not isinstance(name, str) or not self.has_hook(name):
+            raise HookError(
+                f"The model has no hook named {name!r}.{suggest(str(name), self.hook_names())} "
+                "List the hook names with mechattr.as_adapter(model).hook_names()."
+            )
+        return name
+
+    @contextlib.contextmanager
+    def hooks(
+        self,
+        fwd_hooks: Sequence[tuple[str | Callable, Callable]] = (),
+        bwd_hooks: Sequence[tuple[str | Callable, Callable]] = (),
+    ) -> Iterator[Any]:
+        """Add hooks for the duration of a block; they are removed also when the block raises."""
+        try:
+            with self.model.hooks(fwd_hooks=list(fwd_hooks), bwd_hooks=list(bwd_hooks)):
+                yield self.model
+        except KeyError as e:  # unknown hook name
+            missing = str(e.args[0]) if e.args else ""
+            raise HookError(
+                f"The model has no hook {missing!r}.{suggest(missing, self.hook_names())}"
+            ) from e
+
+    @contextlib.contextmanager
+    def guard(self) -> Iterator[None]:
+        """Run in eval mode and give the model back exactly as it came (mode, grad flags, no hooks)."""
+        state = ModelState.capture(self.model)
+        try:
+            self.model.eval()
+            yield
+        finally:
+            state.restore()
+
+    # ----- forward passes ----------------------------------------------------------------------
+    def run_until(
+        self,
+        tokens: Int[Tensor, "batch pos"],
+        capture: str,
+        embed: Float[Tensor, "batch pos d_model"] | None = None,
+        fwd_hooks: Sequence[tuple[str, Callable]] = (),
+    ) -> Tensor:
+        """Forward ``tokens`` (with the token embedding replaced by ``embed``) and return the
+        activation at hook ``capture``; the pass stops there."""
+        box: dict[str, Tensor] = {}
+
+        def grab(x: Tensor, hook: Any) -> None:
+            box["x"] = x
+            raise _StopForward
+
+        hooks = list(fwd_hooks)
+        if embed is not None:
+            hooks.insert(0, (EMBED_HOOK, lambda x, hook: embed))
+        hooks.append((capture, grab))
+        with self.hooks(fwd_hooks=hooks):
+            try:
+                self.model(tokens)
+            except _StopForward:
+                pass
+        if "x" not in box:
+            raise HookError(f"The hook {capture!r} did not fire during the forward pass.")
+        return box["x"]
+
+    @property
+    def final_resid_hook(self) -> str:
+        return f"blocks.{self.n_layers - 1}.hook_resid_post"
+
+    def embed(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_model"]:
+        """What the embedding hook emits for ``tokens`` (token embedding only, no positions)."""
+        with torch.no_grad():
+            return self.run_until(tokens, EMBED_HOOK).detach().clone()
+
+    def logits_from_resid(
+        self, resid: Float[Tensor, "batch k d_model"]
+    ) -> Float[Tensor, "batch k vocab"]:
+        ln = getattr(self.model, "ln_final", None)
+        x = ln(resid) if ln is not None else resid
+        return self.model.unembed(x)
+
+    def fast_logits_ok(self) -> bool:
+        """Whether ln_final + unembed on the last block's output reproduces the model's logits.
+
+        Checked once per adapter; when it does not hold (an architecture with extra final
+        processing, e.g. logit soft-capping) mechattr falls back to full forward passes."""
+        if self._fast_logits_ok is None:
+            toks = self.tokenize("a b")
+            with torch.no_grad(), self.guard():
+                full = self.model(toks)
+                resid = self.run_until(toks, self.final_resid_hook)
+                mine = self.logits_from_resid(resid)
+            self._fast_logits_ok = bool(
+                full.shape == mine.shape and torch.allclose(full, mine, atol=1e-4, rtol=1e-4)
+            )
+        return self._fast_logits_ok
+
+    def logits(
+        self,
+        tokens: Int[Tensor, "batch pos"],
+        embed: Float[Tensor, "batch pos d_model"] | None = None,
+        positions: Sequence[int] | None = None,
+        fwd_hooks: Sequence[tuple[str, Callable]] = (),
+    ) -> Float[Tensor, "batch k vocab"]:
+        """Logits at ``positions`` only (all positions when None) — the unembedding of a
+        50k vocabulary is skipped where no target reads it."""
+        if self.fast_logits_ok():
+            resid = self.run_until(tokens, self.final_resid_hook, embed=embed, fwd_hooks=fwd_hooks)
+            if positions is not None:
+                resid = resid[:, list(positions)]
+            return self.logits_from_resid(resid)
+        hooks = list(fwd_hooks)
+        if embed is not None:
+            hooks.insert(0, (EMBED_HOOK, lambda x, hook: embed))
+        with self.hooks(fwd_hooks=hooks):
+            out = self.model(tokens)
+        return out if positions is None else out[:, list(positions)]
+
+    def activation_bytes_per_token(self) -> int:
+        """Rough bytes of autograd state one token costs in one forward+backward (for batching)."""
+        cfg = self.cfg
+        d_mlp = int(getattr(cfg, "d_mlp", None) or 4 * self.d_model)
+        per_layer = 14 * self.d_model + 3 * d_mlp
+        return int(per_layer * self.n_layers * self.W_E.element_size())
+
+    def attention_bytes_per_token(self, seq_len: int) -> int:
+        return int(3 * self.n_heads * seq_len * self.n_layers * self.W_E.element_size())
+
+
+_ADAPTERS: "weakref.WeakKeyDictionary[Any, ModelAdapter]" = weakref.WeakKeyDictionary()
+
+
+def as_adapter(model: Any, prepend_bos: bool | None = None) -> ModelAdapter:
+    """The adapter of a TL model (cached per model object), or the adapter itself."""
+    if isinstance(model, ModelAdapter):
+        if prepend_bos is not None and prepend_bos != model.prepend_bos:
+            return ModelAdapter(model.model, name=model.name, prepend_bos=prepend_bos)
+        return model
+    if prepend_bos is not None:
+        return ModelAdapter(model, prepend_bos=prepend_bos)
+    try:
+        cached = _ADAPTERS.get(model)
+    except TypeError:
+        cached = None
+    if cached is None:
+        cached = ModelAdapter(model)
+        try:
+            _ADAPTERS[model] = cached
+        except TypeError:  # pragma: no cover
+            pass
+    return cached

