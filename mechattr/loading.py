@@ -115,6 +115,7 @@ def _from_local_dir(path: Path, kind: str, device: str, dtype: torch.dtype) -> A
     )
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    path = _tl3_compatible_dir(path)
     cfg = get_pretrained_model_config(str(path), device=device, dtype=dtype, fold_ln=False)
     hf = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
     state = get_pretrained_state_dict(str(path), cfg, hf_model=hf, dtype=dtype)
@@ -131,6 +132,30 @@ def _from_local_dir(path: Path, kind: str, device: str, dtype: torch.dtype) -> A
     model.to(device)
     model.eval()
     return model
+
+
+def _tl3_compatible_dir(path: Path) -> Path:
+    """TL 3.x reads GPT-2's ``n_ctx``, which transformers 5 no longer writes: give it a view of the
+    directory (links to the same files) whose config.json has it. The user's directory is untouched."""
+    import hashlib
+    import json
+
+    raw = json.loads((path / "config.json").read_text())
+    if raw.get("model_type") != "gpt2" or "n_ctx" in raw:
+        return path
+    raw["n_ctx"] = raw.get("n_positions", 1024)
+    key = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
+
+    def build(tmp: Path) -> None:
+        for f in path.iterdir():
+            if f.name != "config.json" and f.is_file():
+                os.symlink(f.resolve(), tmp / f.name)
+        (tmp / "config.json").write_text(json.dumps(raw, indent=2))
+
+    view = cache_dir() / "tl3-views" / key
+    if (view / ".complete").exists():
+        shutil.rmtree(view)  # rebuild: the source directory may have changed
+    return atomic_dir(view, build)
 
 
 def _from_hub(name: str, kind: str, device: str, dtype: torch.dtype) -> Any:
@@ -232,6 +257,7 @@ def make_gpt2_dir(
         n_head=n_head,
         n_embd=n_embd,
         n_positions=n_positions,
+        n_ctx=n_positions,
         vocab_size=50257,
         attn_implementation="eager",
     )

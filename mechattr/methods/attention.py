@@ -1,0 +1,1 @@
+"""attention methods (being written)."""

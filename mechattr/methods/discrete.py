@@ -1,0 +1,1 @@
+"""discrete methods (being written)."""

@@ -1,0 +1,1 @@
+"""perturbation methods (being written)."""

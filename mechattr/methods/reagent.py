@@ -1,0 +1,1 @@
+"""reagent methods (being written)."""
