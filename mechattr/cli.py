@@ -1,0 +1,251 @@
+"""Command line: ``mechattr attribute | methods | models | demo``.
+
+Exit codes: 0 success, 1 an unexpected internal error, 2 bad usage or input (a MechattrError),
+130 interrupted. Errors print one line without a traceback unless ``--debug`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _parse_value(text: str) -> Any:
+    """--param values: Python/JSON literals when they parse (50, 0.1, [1, 2], 'x'), else the string."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def _params(pairs: Sequence[str]) -> dict[str, Any]:
+    from .errors import InputError
+
+    out: dict[str, Any] = {}
+    for p in pairs or []:
+        if "=" not in p:
+            raise InputError(f"--param takes KEY=VALUE, got {p!r} (e.g. --param n_steps=64).")
+        k, v = p.split("=", 1)
+        out[k.strip()] = _parse_value(v)
+    return out
+
+
+def _target(args: argparse.Namespace) -> Any:
+    import mechattr as ma
+
+    given = [x for x in (args.continuation, args.generate) if x is not None]
+    if len(given) > 1 or (given and (args.target is not None or args.contrast is not None)):
+        from .errors import InputError
+
+        raise InputError("Use only one of --target/--contrast, --continuation, --generate.")
+    if args.continuation is not None:
+        return ma.ForcedContinuation(args.continuation, kind=args.kind or "log_prob")
+    if args.generate is not None:
+        return ma.Generate(args.generate, kind=args.kind or "log_prob")
+    return args.target
+
+
+def _print_table(res: Any, out: Any) -> None:
+    final = res.final()
+    print(f"model: {res.model_name}   method: {res.method}   target: {res.target_description}", file=out)
+    width = max(len(repr(t)) for t in final.tokens)
+    header = " ".join(f"{t!r:>12}"[:12] for t in final.targets)
+    print(f"{'pos':>4} {'token':<{width}} {header}", file=out)
+    for i, tok in enumerate(final.tokens):
+        vals = " ".join(f"{float(final.token_scores(j)[i]):>12.4g}" for j in range(len(final.targets)))
+        print(f"{i:>4} {tok!r:<{width}} {vals}", file=out)
+    for k in ("completeness_error", "completeness_relative_error", "seconds"):
+        if k in res.diagnostics:
+            print(f"{k}: {res.diagnostics[k]:.4g}", file=out)
+
+
+def cmd_attribute(args: argparse.Namespace) -> int:
+    import mechattr as ma
+
+    model = ma.load_model(args.model, kind=args.kind_model, device=args.device)
+    res = ma.attribute(
+        model,
+        args.text,
+        _target(args),
+        method=args.method,
+        contrast=args.contrast,
+        kind=args.kind,
+        position=args.position,
+        seed=args.seed,
+        memory_mb=args.memory_mb,
+        batch_size=args.batch_size,
+        **_params(args.param),
+    )
+    if args.html:
+        res.to_html(args.html)
+    if args.save:
+        res.save(args.save)
+    if args.json:
+        if args.json == "-":
+            print(res.to_json())
+        else:
+            res.to_json(args.json)
+    if args.json != "-" and not args.quiet:
+        _print_table(res, sys.stdout)
+        for label, path in (("html", args.html), ("saved", args.save), ("json", args.json)):
+            if path:
+                print(f"{label}: {path}")
+    return EXIT_OK
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    import mechattr as ma
+
+    methods = ma.list_methods()
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "name": m.name,
+                        "aliases": list(m.aliases),
+                        "family": m.family,
+                        "summary": m.summary,
+                        "parameters": {k: repr(v) for k, v in m.parameters().items()},
+                    }
+                    for m in methods
+                ],
+                indent=2,
+            )
+        )
+        return EXIT_OK
+    w = max(len(m.name) for m in methods)
+    for m in methods:
+        alias = f" (aliases: {', '.join(m.aliases)})" if m.aliases else ""
+        print(f"{m.name:<{w}}  [{m.family}] {m.summary}{alias}")
+    return EXIT_OK
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    import mechattr as ma
+
+    models = ma.builtin_models()
+    if args.json:
+        print(json.dumps(models, indent=2))
+        return EXIT_OK
+    for name, summary in models.items():
+        print(f"{name:<24} {summary}")
+    print("\nAlso: a local Hugging Face model directory, or a Hub name such as 'gpt2' (needs network).")
+    return EXIT_OK
+
+
+DEMO_PROMPTS = [
+    ("The capital of France is", {"target": " Paris"}),
+    ("The keys to the cabinet", {"target": " are", "contrast": " is"}),
+]
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Attribute the demo prompts with several methods and write one offline HTML page."""
+    import mechattr as ma
+    from .display import html_page
+
+    model = ma.load_model(args.model)
+    results = []
+    for text, tgt in DEMO_PROMPTS:
+        for method in args.methods.split(","):
+            try:
+                res = ma.attribute(model, text, method=method.strip(), seed=args.seed, **tgt)
+            except ma.TargetError as e:  # e.g. a tokenizer where ' Paris' is two tokens
+                print(f"skipped {text!r} {tgt}: {e}", file=sys.stderr)
+                break
+            results.append(res)
+            if not args.quiet:
+                top = ", ".join(f"{t!r} {s:+.3g}" for _, t, s in res.top_k(3))
+                print(f"{res.method:<22} {text!r} -> {res.targets[0]}: top {top}")
+    out = Path(args.out)
+    html_page(results, path=out, title=f"mechattr demo — {ma.as_adapter(model).name}")
+    print(f"wrote {out} ({out.stat().st_size // 1024} KiB, opens offline)")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .loading import DEFAULT_MODEL
+
+    p = argparse.ArgumentParser(
+        prog="mechattr",
+        description="Input attribution for TransformerLens models.",
+        epilog="Exit codes: 0 ok, 1 internal error, 2 bad usage or input, 130 interrupted.",
+    )
+    p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    a = sub.add_parser("attribute", help="attribute a model's output to its input tokens")
+    a.add_argument("model", help=f"built-in name (see `mechattr models`, e.g. {DEFAULT_MODEL}), local HF dir, or Hub name")
+    a.add_argument("text", help="the prompt")
+    a.add_argument("--method", "-m", default="integrated_gradients", help="method name or alias (see `mechattr methods`); default integrated_gradients")
+    a.add_argument("--target", "-t", default=None, help="the next token to explain, e.g. ' Paris' (default: the model's own prediction)")
+    a.add_argument("--contrast", "-c", default=None, help="a foil token: explain target vs foil (logit difference by default)")
+    a.add_argument("--continuation", default=None, help="force this continuation and attribute each of its tokens")
+    a.add_argument("--generate", type=int, default=None, help="greedily generate N tokens and attribute each")
+    a.add_argument("--kind", default=None, help="log_prob (default), prob, logit; for contrasts logit_diff, log_prob_diff, prob_diff")
+    a.add_argument("--position", type=int, default=None, help="prompt position whose prediction is explained (default: last)")
+    a.add_argument("--param", "-p", action="append", default=[], metavar="KEY=VALUE", help="a method parameter, repeatable: -p n_steps=64 -p baseline=pad")
+    a.add_argument("--seed", type=int, default=0, help="seed for stochastic methods (default 0)")
+    a.add_argument("--memory-mb", type=float, default=2048.0, help="activation memory cap per batch in MiB (default 2048)")
+    a.add_argument("--batch-size", type=int, default=None, help="sequences per forward pass (overrides --memory-mb)")
+    a.add_argument("--kind-model", default="auto", choices=["auto", "bridge", "hooked"], help="TransformerBridge or HookedTransformer (TL 3 only)")
+    a.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    a.add_argument("--html", default=None, help="write an offline HTML page here")
+    a.add_argument("--json", default=None, help="write the result as JSON here ('-' for stdout)")
+    a.add_argument("--save", default=None, help="save the result (safetensors + JSON metadata) here")
+    a.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
+    a.set_defaults(func=cmd_attribute)
+
+    m = sub.add_parser("methods", help="list the attribution methods, one line each")
+    m.add_argument("--json", action="store_true", help="machine-readable output with parameters")
+    m.set_defaults(func=cmd_methods)
+
+    mo = sub.add_parser("models", help="list the built-in models")
+    mo.add_argument("--json", action="store_true")
+    mo.set_defaults(func=cmd_models)
+
+    d = sub.add_parser("demo", help="attribute the demo prompts on the default model and write an HTML page")
+    d.add_argument("--model", default=None, help="model (default: the built-in default model)")
+    d.add_argument("--methods", default="integrated_gradients,input_x_gradient,saliency", help="comma-separated methods")
+    d.add_argument("--out", default="mechattr-demo.html", help="output HTML file")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--quiet", "-q", action="store_true")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "command", None) == "demo" and args.model is None:
+        from .loading import demo_model
+
+        args.model = demo_model()
+    from .errors import MechattrError
+
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except MechattrError as e:
+        if args.debug:
+            raise
+        print(f"mechattr: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as e:  # noqa: BLE001 - the CLI's last line of defence
+        if args.debug:
+            raise
+        print(f"mechattr: internal error: {type(e).__name__}: {e} (run with --debug for the traceback)", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
