@@ -1,0 +1,220 @@
+"""Check 4: perturbation tests — remove tokens in the order a method ranks them and watch the target.
+
+- Deletion (MoRF): remove the most important tokens first; a faithful ranking makes the target
+  fall fast. Insertion: start from everything removed and restore the most important first; the
+  target should rise fast (Petsiuk et al. 2018, RISE).
+- Area under each curve over the fraction removed (trapezoid), raw and normalised by the gap
+  between the full and the empty input: (f_j - f_empty) / (f_full - f_empty).
+- AOPC (Samek et al. 2017): mean over j = 0..n of f(x) - f(x without its top-j tokens).
+- ERASER (DeYoung et al. 2020) at k: comprehensiveness f(x) - f(x \\ top-k) (higher is better)
+  and sufficiency f(x) - f(top-k only) (lower is better); k in tokens or as a fraction of them.
+
+Every method is compared with ``n_random`` random orderings (mean ± std over seeds) and with a
+frequency heuristic that removes the rarest tokens first. Rarity comes from a supplied counts table
+(``counts={token_id: count}``) or, without one, from the token id: BPE vocabularies (GPT-2,
+Llama/SmolLM) add tokens in merge order, so a larger id is a later, rarer merge — a proxy, not a
+corpus count. Special tokens are treated as the most frequent.
+
+Criterion: the method's deletion AOPC exceeds the random mean by ``margin`` random stds.
+All perturbed inputs of a prompt go through the model in batches.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..errors import InputError
+from ._context import Item, VContext
+from ._replace import Remover
+from ._result import CheckResult, Verdict
+from .stats import nanmean, nanstd
+
+GRID = 11  # points of the fraction-removed axis the mean curves are resampled to
+
+
+def k_values(ks: Any, n: int) -> list[tuple[str, int]]:
+    out = []
+    for k in ks:
+        if isinstance(k, float):
+            out.append((f"{int(round(k * 100))}%", min(n, max(1, math.ceil(k * n)))))
+        else:
+            out.append((str(k), min(n, int(k))))
+    return out
+
+
+def frequency_scores(token_ids: list[int], counts: Any, special: set[int]) -> Tensor:
+    """Higher = rarer. From ``counts`` ({id: count} or a tensor over the vocabulary) when given,
+    else the token id (BPE merge rank proxy)."""
+    if counts is None:
+        v = [float(t) for t in token_ids]
+    elif isinstance(counts, Tensor):
+        v = [-float(counts[t]) for t in token_ids]
+    elif isinstance(counts, dict):
+        v = [-float(counts.get(t, 0)) for t in token_ids]
+    else:
+        raise InputError("counts must be a dict {token_id: count} or a tensor of counts over the vocabulary.")
+    v = [(-math.inf if t in special else x) for t, x in zip(token_ids, v)]
+    return torch.tensor(v, dtype=torch.float64)
+
+
+def order_of(scores: Tensor, positions: list[int]) -> list[int]:
+    """Removable positions, highest score first; ties go to the earlier position."""
+    return sorted(positions, key=lambda p: (-float(scores[p]), p))
+
+
+def trapezoid(y: Tensor) -> float:
+    n = y.shape[0] - 1
+    if n < 1:
+        return float("nan")
+    return float(((y[1:] + y[:-1]) / 2).sum() / n)
+
+
+def resample(y: Tensor, grid: int = GRID) -> Tensor:
+    x_old = torch.linspace(0, 1, y.shape[0], dtype=torch.float64)
+    x_new = torch.linspace(0, 1, grid, dtype=torch.float64)
+    idx = torch.searchsorted(x_old, x_new).clamp(1, y.shape[0] - 1)
+    x0, x1 = x_old[idx - 1], x_old[idx]
+    w = (x_new - x0) / (x1 - x0)
+    return y[idx - 1] * (1 - w) + y[idx] * w
+
+
+def curve_metrics(dele: Tensor, ins: Tensor, ks: list[tuple[str, int]]) -> dict[str, float]:
+    """Metrics of one ordering from its deletion and insertion curves (index j = tokens removed /
+    inserted, j = 0..n)."""
+    f_full, f_empty = float(dele[0]), float(dele[-1])
+    gap = f_full - f_empty
+    out = {
+        "deletion_auc": trapezoid(dele),
+        "insertion_auc": trapezoid(ins),
+        "aopc": float((f_full - dele).mean()),
+    }
+    if abs(gap) > 1e-6:
+        out["deletion_auc_norm"] = trapezoid((dele - f_empty) / gap)
+        out["insertion_auc_norm"] = trapezoid((ins - f_empty) / gap)
+    else:
+        out["deletion_auc_norm"] = out["insertion_auc_norm"] = float("nan")
+    comp, suff = [], []
+    for name, k in ks:
+        c = f_full - float(dele[k])
+        s = f_full - float(ins[k])
+        out[f"comprehensiveness@{name}"] = c
+        out[f"sufficiency@{name}"] = s
+        comp.append(c)
+        suff.append(s)
+    out["comprehensiveness"] = sum(comp) / len(comp)
+    out["sufficiency"] = sum(suff) / len(suff)
+    return out
+
+
+def curves_for_orders(remover: Remover, orders: list[list[int]], removable: list[int]) -> tuple[Tensor, Tensor]:
+    """Deletion and insertion curves ``[n_orders, rows, n+1]`` for every ordering, in one batch."""
+    n, P = len(removable), remover.n_pos
+    masks = torch.zeros(len(orders), 2, n + 1, P, dtype=torch.bool)
+    for o, order in enumerate(orders):
+        for j in range(n + 1):
+            masks[o, 0, j, order[:j]] = True  # deletion: top-j removed
+            masks[o, 1, j, removable] = True  # insertion: all removed but the top j
+            masks[o, 1, j, order[:j]] = False
+    flat = masks.reshape(-1, P)
+    # Many masks coincide (j = 0, j = n, shared prefixes): evaluate each distinct one once.
+    uniq, inverse = torch.unique(flat, dim=0, return_inverse=True)
+    vals = remover.evaluate(uniq)[inverse]  # [n_masks, rows]
+    vals = vals.reshape(len(orders), 2, n + 1, -1).permute(0, 1, 3, 2)
+    return vals[:, 0], vals[:, 1]
+
+
+def run(vc: VContext) -> CheckResult:
+    res = CheckResult("perturbation")
+    o = vc.options
+    counts = o["counts"]
+    n_random = int(o["n_random"])
+    res.notes.append(
+        f"replacement={o['replacement']!r}; {n_random} random orderings; frequency heuristic from "
+        + ("the supplied counts table" if counts is not None else "token ids (BPE merge-rank proxy)")
+    )
+    special = {
+        int(t) for t in (vc.adapter.special_token_id(s) for s in ("bos", "eos", "pad", "unk")) if t is not None
+    }
+    labels = [m.label for m in vc.methods]
+    # per (order label) per prompt/row: metrics; random: per seed
+    per: dict[str, list[dict[str, float]]] = {lab: [] for lab in labels + ["frequency"]}
+    per_random: list[list[dict[str, float]]] = [[] for _ in range(n_random)]
+    mean_curves: dict[str, dict[str, list[Tensor]]] = {
+        lab: {"deletion": [], "insertion": []} for lab in labels + ["frequency", "random"]
+    }
+    for item in vc.items:
+        remover = Remover(
+            vc.adapter, item.plan, item.fixed, o["replacement"], seed=vc.seed + 31 * item.index,
+            memory_mb=o["memory_mb"], batch_size=o["batch_size"],
+        )
+        removable = torch.nonzero(remover.removable.cpu())[:, 0].tolist()
+        n = len(removable)
+        if n < 1:
+            raise InputError(f"Prompt {item.index} has no removable tokens for replacement={o['replacement']!r}.")
+        ks = k_values(o["ks"], n)
+        g = torch.Generator(device="cpu").manual_seed(vc.seed * 7907 + item.index)
+        rand_orders = [[removable[i] for i in torch.randperm(n, generator=g).tolist()] for _ in range(n_random)]
+        freq = frequency_scores(item.plan.tokens[0].tolist(), counts, special)
+        freq_order = order_of(freq, removable)
+        method_orders = []
+        score_maps = {m.label: vc.scores(item, m) for m in vc.methods}
+        rows = item.plan.n_rows
+        for r in range(rows):
+            for m in vc.methods:
+                method_orders.append(order_of(score_maps[m.label][r], removable))
+        orders = method_orders + [freq_order] + rand_orders
+        dele, ins = curves_for_orders(remover, orders, removable)
+        for r in range(rows):
+            def record(label: str, oi: int, sink: list[dict[str, float]], curve_key: str | None) -> None:
+                met = curve_metrics(dele[oi, r], ins[oi, r], ks)
+                sink.append(met)
+                if curve_key:
+                    mean_curves[curve_key]["deletion"].append(resample(dele[oi, r] - dele[oi, r, 0]))
+                    mean_curves[curve_key]["insertion"].append(resample(ins[oi, r] - dele[oi, r, 0]))
+                for name, v in met.items():
+                    res.add(label, name, v, prompt=item.index, row=r)
+
+            for mi, m in enumerate(vc.methods):
+                record(m.label, r * len(vc.methods) + mi, per[m.label], m.label)
+            base = rows * len(vc.methods)
+            record("frequency", base, per["frequency"], "frequency")
+            for s in range(n_random):
+                met = curve_metrics(dele[base + 1 + s, r], ins[base + 1 + s, r], ks)
+                per_random[s].append(met)
+                mean_curves["random"]["deletion"].append(resample(dele[base + 1 + s, r] - dele[base + 1 + s, r, 0]))
+                mean_curves["random"]["insertion"].append(resample(ins[base + 1 + s, r] - dele[base + 1 + s, r, 0]))
+                for name, v in met.items():
+                    res.add("random", name, v, prompt=item.index, row=r, seed=s)
+
+    metric_names = list(per[labels[0]][0].keys())
+    summary: dict[str, dict[str, float]] = {}
+    for lab, mets in per.items():
+        summary[lab] = {name: nanmean([m[name] for m in mets]) for name in metric_names}
+    seed_means = [{name: nanmean([m[name] for m in mets]) for name in metric_names} for mets in per_random]
+    summary["random"] = {name: nanmean([s[name] for s in seed_means]) for name in metric_names}
+    summary["random ± std"] = {name: nanstd([s[name] for s in seed_means]) for name in metric_names}
+    for lab, vals in summary.items():
+        for name, v in vals.items():
+            res.add(lab, "mean_" + name, v)
+    margin = float(o["margin"])
+    mu, sd = summary["random"]["aopc"], summary["random ± std"]["aopc"]
+    for m in vc.methods:
+        a = summary[m.label]["aopc"]
+        z = (a - mu) / sd if sd > 0 else (math.inf if a > mu else -math.inf if a < mu else 0.0)
+        res.verdicts[m.label] = Verdict(
+            a,
+            bool(a > mu + margin * sd),
+            mu + margin * sd,
+            f"deletion AOPC > random mean + {margin}·std ({mu:.4g} ± {sd:.4g})",
+            f"z = {z:.2f}; frequency heuristic AOPC {summary['frequency']['aopc']:.4g}",
+        )
+    res.data["summary"] = summary
+    res.data["mean_curves"] = {
+        lab: {kind: torch.stack(v).mean(0).tolist() for kind, v in d.items() if v}
+        for lab, d in mean_curves.items()
+    }
+    return res
