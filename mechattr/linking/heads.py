@@ -30,10 +30,11 @@ from einops import einsum, repeat
 from jaxtyping import Float
 from torch import Tensor
 
-from ..adapter import ModelAdapter
+from ..adapter import EMBED_HOOK, ModelAdapter
 from ..errors import MethodError
-from ..registry import MethodOutput, register
 from ..methods._common import Context, mask_fixed
+from ..registry import MethodOutput, register
+from ..targets import LogitPlan, Plan, _score_logits
 
 MODES = ("gradient", "direct")
 
@@ -83,6 +84,31 @@ def capture(names: Sequence[str], box: dict[str, Tensor]) -> list[tuple[str, Cal
         return fn
 
     return [(n, make(n)) for n in names]
+
+
+def evaluate_hooked(
+    adapter: ModelAdapter,
+    plan: Plan,
+    tokens: Tensor,
+    embed: Tensor | None = None,
+    fwd_hooks: Sequence[tuple[str, Callable]] = (),
+) -> Float[Tensor, "batch rows"]:
+    """``plan.evaluate``, except that a logit target runs the whole forward (final norm and
+    unembedding included) inside the hooks. ``adapter.logits`` applies ``ln_final`` after its
+    hooks are gone, so a hook on ``ln_final.hook_scale`` (freezing the final norm) would
+    silently not apply there."""
+    if not isinstance(plan, LogitPlan):
+        return plan.evaluate(adapter, tokens, embed, fwd_hooks=fwd_hooks)
+    hooks = list(fwd_hooks)
+    if embed is not None:
+        hooks.insert(0, (EMBED_HOOK, lambda x, hook: embed))
+    with adapter.hooks(fwd_hooks=hooks):
+        logits = adapter.model(tokens)
+    cols = [
+        _score_logits(logits[:, p], plan.kind, t, f)
+        for p, t, f in zip(plan.positions, plan.token_ids, plan.foil_ids)
+    ]
+    return torch.stack(cols, dim=-1)
 
 
 def freeze_names(adapter: ModelAdapter) -> list[str]:
@@ -172,6 +198,12 @@ def token_head(ctx: Context, *, mode: str = "gradient") -> MethodOutput:
     keep: dict[str, Tensor] = {}
     names = [n for layer in range(L) for n in _layer_names(layer)]
     hooks = capture(names, keep)
+    if mode == "direct" and not isinstance(plan, LogitPlan):
+        raise MethodError(
+            "mode='direct' scores the direct effect through the unembedding, so it needs a "
+            "next-token, contrast or continuation target; for probes, SAE features or functions "
+            "use mode='gradient'."
+        )
     if mode == "gradient":
         taps = Taps([f"blocks.{layer}.attn.hook_z" for layer in range(L)], keep=False)
     else:
@@ -181,38 +213,52 @@ def token_head(ctx: Context, *, mode: str = "gradient") -> MethodOutput:
     x = ctx.input_embed()
     with torch.enable_grad():
         # Taps last: the stored z is the model's own, the tap adds zero after it.
-        vals = plan.evaluate(a, ctx.tokens, x, fwd_hooks=hooks + taps.hooks())
+        vals = evaluate_hooked(a, plan, ctx.tokens, x, fwd_hooks=hooks + taps.hooks())
         if taps.names[0] not in taps.delta:
             raise MethodError(
                 f"mode={mode!r} needs the target to be read after {taps.names[0]!r}; this target "
                 "stops earlier (a probe or SAE feature at an inner hook). Use mode='gradient'."
             )
         grads = [taps.grads(vals[0, r], retain_graph=r < plan.n_rows - 1) for r in range(plan.n_rows)]
-    pattern = torch.stack([keep[_layer_names(layer)[0]][0] for layer in range(L)])  # l h q k
-    v = torch.stack([kv_to_q(keep[_layer_names(layer)[1]], H)[0] for layer in range(L)])  # l s h e
-    z = torch.stack([keep[_layer_names(layer)[2]][0] for layer in range(L)])  # l q h e
-    dst = torch.tensor(plan.positions, device=x.device)
+    # A target read at an inner hook (a probe) stops the forward: later layers never ran and
+    # cannot contribute, so their scores are 0.
+    ran = [layer for layer in range(L) if all(n in keep for n in _layer_names(layer))]
     if mode == "gradient":
-        # piece · ∂T/∂(z W_O) = pattern · (v · ∂T/∂z): W_O cancels, so no d_model-sized pieces.
-        gz = torch.stack(
-            [torch.stack([g[f"blocks.{layer}.attn.hook_z"][0] for layer in range(L)]) for g in grads]
-        )  # r l q h e
-        gz = gz[torch.arange(len(dst)), :, dst]  # r l h e
-        vg = einsum(v, gz, "l s h e, r l h e -> l h r s")
-    else:
-        W_O = a.model.W_O.detach()  # l h e d
-        gf = torch.stack([g[final][0] for g in grads])[torch.arange(len(dst)), dst]  # r d
-        vg = einsum(v, W_O, gf, "l s h e, l h e d, r d -> l h r s")
-    pat = pattern[:, :, dst]  # l h r s
-    scores = mask_fixed(ctx, pat * vg)
-    # The decomposition's own check: Σ_src pattern·v reproduces z at each target position.
-    recon = einsum(pattern[:, :, dst], v, "l h r s, l s h e -> l r h e")
-    err = float((recon - z[:, dst]).abs().max())
+        ran = [layer for layer in ran if f"blocks.{layer}.attn.hook_z" in taps.delta]
+    n_ran = len(ran)
+    dst = torch.tensor(plan.positions, device=x.device)
+    scores = torch.zeros(L, H, plan.n_rows, ctx.n_pos, dtype=x.dtype, device=x.device)
+    err = 0.0
+    if n_ran:
+        pattern = torch.stack([keep[_layer_names(layer)[0]][0] for layer in ran])  # l h q k
+        v = torch.stack([kv_to_q(keep[_layer_names(layer)[1]], H)[0] for layer in ran])  # l s h e
+        z = torch.stack([keep[_layer_names(layer)[2]][0] for layer in ran])  # l q h e
+        if mode == "gradient":
+            # piece · ∂T/∂(z W_O) = pattern · (v · ∂T/∂z): W_O cancels, no d_model-sized pieces.
+            gz = torch.stack(
+                [torch.stack([g[f"blocks.{layer}.attn.hook_z"][0] for layer in ran]) for g in grads]
+            )  # r l q h e
+            gz = gz[torch.arange(len(dst)), :, dst]  # r l h e
+            vg = einsum(v, gz, "l s h e, r l h e -> l h r s")
+        else:
+            W_O = a.model.W_O.detach()[ran]  # l h e d
+            gf = torch.stack([g[final][0] for g in grads])[torch.arange(len(dst)), dst]  # r d
+            vg = einsum(v, W_O, gf, "l s h e, l h e d, r d -> l h r s")
+        pat = pattern[:, :, dst]  # l h r s
+        scores[:n_ran] = pat * vg
+        # The decomposition's own check: Σ_src pattern·v reproduces z at each target position.
+        recon = einsum(pat, v, "l h r s, l s h e -> l r h e")
+        err = float((recon - z[:, dst]).abs().max())
+    scores = mask_fixed(ctx, scores)
     return MethodOutput(
         scores,
         dims=("layer", "head", "target", "src"),
         params={"mode": mode, "frozen_final_norm_scale": mode == "direct"},
-        diagnostics={"decomposition_error": err, "f_input": vals[0].detach().tolist()},
+        diagnostics={
+            "decomposition_error": err,
+            "layers_reached": n_ran,
+            "f_input": vals[0].detach().tolist(),
+        },
     )
 
 
@@ -235,4 +281,6 @@ def token_head_map(
     )
 
 
-__all__ = ["token_head_map", "head_pieces", "kv_to_q", "Taps", "frozen_hooks", "capture"]
+__all__ = [
+    "token_head_map", "head_pieces", "kv_to_q", "Taps", "frozen_hooks", "capture", "evaluate_hooked",
+]

@@ -38,7 +38,7 @@ from ..adapter import ModelAdapter, tl_major
 from ..errors import InputError, MethodError
 from ..methods._common import rule_points
 from ..targets import LogitPlan, _score_logits
-from .heads import Taps
+from .heads import Taps, evaluate_hooked
 
 BACKENDS = ("mechattr", "transformer_lens")
 
@@ -109,7 +109,7 @@ def _acts_grads(
     (sum of target rows, per batch element) at each of them."""
     taps = Taps(names)
     with torch.enable_grad() if grad else torch.no_grad():
-        vals = plan.evaluate(adapter, tokens.expand(embed.shape[0], -1), embed, fwd_hooks=taps.hooks())
+        vals = evaluate_hooked(adapter, plan, tokens.expand(embed.shape[0], -1), embed, fwd_hooks=taps.hooks())
         metric = vals.sum(-1)
         grads = taps.grads(metric.sum(), retain_graph=False) if grad else None
     return taps.acts, grads, metric.detach()

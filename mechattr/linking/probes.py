@@ -110,6 +110,18 @@ class LinearProbe(Target):
         """From scikit-learn ``coef_`` ([1, d] binary or [n_classes, d]) and ``intercept_``."""
         return cls(coef_, intercept_, hook, position, label)
 
+    @classmethod
+    def from_probe(cls, probe: Any, position: int | None = None) -> "LinearProbe":
+        """From a probe object with ``W [d, n_classes]``, ``b``, ``hook`` and optionally
+        ``classes`` (the layout of :func:`mechattr.zoo.load_probe`; its position "last" is the
+        default position here)."""
+        for attr in ("W", "b", "hook"):
+            if not hasattr(probe, attr):
+                raise TargetError(f"from_probe needs W [d, n_classes], b and hook; {type(probe).__name__} lacks {attr!r}.")
+        classes = getattr(probe, "classes", None)
+        label: Any = [str(c) for c in classes] if classes else "probe"
+        return cls(torch.as_tensor(probe.W).T, probe.b, probe.hook, position, label)
+
     def plan(self, adapter: ModelAdapter, prompt_tokens: Tensor) -> ProbePlan:
         adapter.check_hook(self.hook)
         pos = resolve_position(self.position, prompt_tokens.shape[-1])

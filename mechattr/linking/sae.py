@@ -2,7 +2,8 @@
 
 Any SAE-like object works (duck typing): ``encode(x) -> [.., d_sae]``, ``W_enc [d_in, d_sae]``,
 ``b_enc``, ``W_dec [d_sae, d_in]``, and its hook name from ``cfg.metadata.hook_name`` (SAELens
-6), ``cfg.hook_name`` (older SAELens) or given explicitly. SAELens ``SAE`` objects qualify.
+6), ``cfg.hook_name`` (older SAELens), a ``hook`` string attribute (mechattr.zoo SAEs) or given
+explicitly. SAELens ``SAE`` objects qualify.
 
 Token → feature map: for the top-k active features at a position, the input×gradient of each
 feature's encoder pre-activation ``x · W_enc[:, f]`` with respect to the token embeddings, for all
@@ -31,7 +32,7 @@ from ..adapter import ModelAdapter, as_adapter
 from ..attribution import Attribution
 from ..errors import InputError, TargetError
 from ..targets import Plan, Target, resolve_position
-from .heads import Taps, frozen_hooks
+from .heads import Taps, evaluate_hooked, frozen_hooks
 
 
 # ----- duck typing -------------------------------------------------------------------------------
@@ -39,6 +40,8 @@ def sae_hook_name(sae: Any, hook: str | None = None) -> str:
     """The hook an SAE reads: ``hook`` if given, else from its config."""
     if hook:
         return hook
+    if isinstance(getattr(sae, "hook", None), str) and sae.hook:  # mechattr.zoo SAEs
+        return sae.hook
     cfg = getattr(sae, "cfg", None)
     for path in (("metadata", "hook_name"), ("hook_name",)):
         obj: Any = cfg
@@ -291,7 +294,7 @@ def feature_direct_effects(
         )
         taps = Taps([hook_name])
         with torch.enable_grad():
-            vals = plan.evaluate(adapter, toks, None, fwd_hooks=list(fz) + taps.hooks())
+            vals = evaluate_hooked(adapter, plan, toks, None, fwd_hooks=list(fz) + taps.hooks())
             if hook_name not in taps.delta:
                 raise TargetError(f"The target is read before {hook_name!r}; a feature there cannot affect it.")
             g = torch.stack(
