@@ -27,8 +27,9 @@ FORMAT = "mechattr-knn-1"
 _MEMORY: dict[tuple[str, int], tuple[Tensor, Tensor]] = {}
 _LOCK = threading.Lock()
 # Hashing a large W_E every call would cost more than the lookup: remember the hash of a tensor
-# object as long as it is alive and unchanged (its in-place version counter is part of the memo).
-_HASHES: "weakref.WeakKeyDictionary[Tensor, tuple[int, str]]" = weakref.WeakKeyDictionary()
+# object while it is alive and unchanged (its in-place version counter is part of the memo).
+# Keyed by id() with a weak reference to check identity (tensors cannot be dictionary keys).
+_HASHES: dict[int, tuple["weakref.ref[Tensor]", int, str]] = {}
 # How often each cache level answered; tests read this to check that a hit does not recompute.
 stats: dict[str, int] = {"builds": 0, "memory_hits": 0, "disk_hits": 0, "disk_rebuilds": 0}
 
@@ -41,20 +42,18 @@ def knn_dir() -> Path:
 
 def embedding_key(W_E: Float[Tensor, "vocab d_model"]) -> str:
     """A content hash of an embedding matrix (its bytes, shape and dtype)."""
-    try:
-        memo = _HASHES.get(W_E)
-        if memo is not None and memo[0] == W_E._version:
-            return memo[1]
-    except TypeError:  # pragma: no cover - objects that cannot be weakly referenced
-        memo = None
+    memo = _HASHES.get(id(W_E))
+    if memo is not None and memo[0]() is W_E and memo[1] == W_E._version:
+        return memo[2]
     w = W_E.detach().to("cpu").contiguous()
     h = hashlib.sha256()
     h.update(f"{tuple(w.shape)}|{w.dtype}|".encode())
     h.update(w.view(torch.uint8).numpy().tobytes() if w.numel() else b"")
     key = h.hexdigest()[:32]
     try:
-        _HASHES[W_E] = (W_E._version, key)
-    except TypeError:  # pragma: no cover
+        ref = weakref.ref(W_E, lambda _r, i=id(W_E): _HASHES.pop(i, None))
+        _HASHES[id(W_E)] = (ref, W_E._version, key)
+    except TypeError:  # pragma: no cover - objects that cannot be weakly referenced
         pass
     return key
 
