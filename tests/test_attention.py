@@ -30,10 +30,10 @@ METHODS = [
 
 
 # ----- fixtures -------------------------------------------------------------------------------------
-@pytest.fixture(scope="module", params=["auto"] + (["bridge"] if TL_MAJOR < 4 else []))
+@pytest.fixture(params=["tiny_model"] + (["tiny_bridge"] if TL_MAJOR < 4 else []))
 def model(request):
     """The lane's default kind (HookedTransformer on TL 3, bridge on TL 4), plus the TL 3 bridge."""
-    return ma.load_model("tiny-gpt2", kind=request.param)
+    return request.getfixturevalue(request.param)
 
 
 @pytest.fixture(scope="module")
@@ -350,8 +350,8 @@ def test_pattern_hook_that_never_fires_says_compatibility_mode(model, monkeypatc
             ma.attribute(model, "a b c", " d", method=m)
 
 
-def test_bad_parameters():
-    m = ma.load_model("tiny-gpt2")
+def test_bad_parameters(tiny_model):
+    m = tiny_model
     with pytest.raises(ma.MethodError):
         ma.attribute(m, "a b", " c", method="attention", heads="median")
     with pytest.raises(ma.MethodError):

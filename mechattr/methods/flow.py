@@ -44,7 +44,7 @@ from ..errors import MethodError
 
 DEFAULT_SCALE = 2**30
 # Edges per solver call: bounds memory (scipy keeps a few int32 arrays per edge and reverse edge).
-MAX_EDGES_PER_CALL = 2_000_000
+MAX_EDGES_PER_CALL = 200_000
 
 
 @dataclass
