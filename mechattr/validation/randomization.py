@@ -91,9 +91,33 @@ def randomize_(params: list[torch.nn.Parameter], seed: int, init_std: float) -> 
             p.copy_(new_values(p, g, init_std))
 
 
+def _non_leaf_tensors(obj: Any, found: dict[int, Tensor], depth: int = 0) -> None:
+    if isinstance(obj, Tensor):
+        if obj.grad_fn is not None:
+            found[id(obj)] = obj
+        return
+    if depth > 3:
+        return
+    if isinstance(obj, dict):
+        for v in obj.values():
+            _non_leaf_tensors(v, found, depth + 1)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            _non_leaf_tensors(v, found, depth + 1)
+
+
 def copy_model(model: Any) -> Any:
+    """A deep copy. TransformerBridge components keep tensors derived from their weights (with
+    autograd history) after a gradient pass, which deepcopy refuses; they are copied detached."""
+    memo: dict[int, Any] = {}
+    found: dict[int, Tensor] = {}
+    for m in model.modules():
+        for v in vars(m).values():
+            _non_leaf_tensors(v, found)
+    for k, t in found.items():
+        memo[k] = t.detach().clone()
     try:
-        return copy.deepcopy(model)
+        return copy.deepcopy(model, memo)
     except Exception as e:  # pragma: no cover - depends on exotic model classes
         raise ModelError(
             f"Could not copy the model for the randomization check ({e}); mechattr never randomizes "
