@@ -5,8 +5,10 @@ The only other place (besides the adapter) that knows which TransformerLens line
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -193,7 +195,13 @@ def load_model(
         return spec
     k = _check_kind(kind)
     dt = _dtype(dtype)
-    name = str(spec)
+    # Loaders print progress ("Moving model to device") on stdout; keep stdout for results
+    # (`mechattr attribute --json -` writes JSON there).
+    with contextlib.redirect_stdout(sys.stderr):
+        return _load(str(spec), k, device, dt)
+
+
+def _load(name: str, k: str, device: str, dt: torch.dtype) -> Any:
     _load_extra_builtins()
     if name in _BUILTINS:
         return _BUILTINS[name][1](kind=k, device=device, dtype=dt)
