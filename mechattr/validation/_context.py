@@ -100,6 +100,8 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "margin": 1.0,
     # check 6
     "ablation_min_corr": 0.0,
+    # check 8
+    "ground_truth_n": 50,
     # check 7
     "roar_task": None,
     "roar_k": 2,

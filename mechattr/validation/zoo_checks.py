@@ -92,13 +92,18 @@ def run_ground_truth(vc: VContext) -> CheckResult:
             "mechattr.groundtruth is not installed in this version, so the ground-truth check cannot run."
         ) from e
     task = name[len("zoo:"):].removesuffix("-random")
+    n = int(vc.options["ground_truth_n"])
+    res.notes.append(f"zoo task {task}, {n} examples, seed {vc.seed} (mechattr.groundtruth.score)")
     for m in vc.methods:
-        out = groundtruth.score(vc.model, task=task, method=m.name or m.fn, **({"params": m.params} if m.params else {}))
-        values = out if isinstance(out, dict) else {"score": out}
-        main = None
-        for k, v in values.items():
-            if isinstance(v, (int, float)):
-                res.add(m.label, k, float(v))
-                main = float(v) if main is None else main
-        res.verdicts[m.label] = Verdict(main, None, None, "zoo ground-truth score (see mechattr.groundtruth)")
+        if m.name is None:
+            res.verdicts[m.label] = Verdict(None, None, None, "", "ground truth scores registered methods only")
+            continue
+        out = groundtruth.score(vc.model, m.name, task, n=n, seed=vc.seed, params=dict(m.params))
+        for k in ("top1", "mrr", "mass", "random_top1", "random_mrr", "random_mass"):
+            res.add(m.label, k, float(out[k]))
+        res.verdicts[m.label] = Verdict(
+            float(out["mrr"]), bool(out["mrr"] > out["random_mrr"]), float(out["random_mrr"]),
+            "MRR of the planted tokens > MRR of a random ranking",
+            f"top1 {out['top1']:.3f} (random {out['random_top1']:.3f}), mass {out['mass']:.3f} (random {out['random_mass']:.3f})",
+        )
     return res
