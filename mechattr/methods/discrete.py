@@ -162,7 +162,8 @@ def discrete_path(
         if bool((~need_query).any()):
             cand[~need_query] = graph[cur_node[~need_query]]
         if bool(need_query.any()):
-            d2 = torch.cdist(cur[need_query].double(), E.double())
+            dt = torch.float64 if E.shape[0] <= 8192 else torch.float32  # as the graph's build
+            d2 = torch.cdist(cur[need_query].to(dt), E.to(dt))
             cand[need_query] = d2.topk(k, dim=-1, largest=False).indices
         ca = E[cand]  # [Q, k, d]
         lo = torch.minimum(b, cur)[:, None]
@@ -254,7 +255,7 @@ def _path_attribution(
             "n_anchors + 1 (one gradient per segment at least) or fewer anchors."
         )
     x = ctx.input_embed()[0]
-    spec = _auto_baseline(ctx) if baseline == "auto" else baseline
+    spec = _auto_baseline(ctx) if isinstance(baseline, str) and baseline == "auto" else baseline
     B = build_baselines(ctx, spec)  # [nb, pos, d]
     nb = B.shape[0]
     path = discrete_path(
