@@ -33,11 +33,43 @@ def collapse(scores: torch.Tensor, dims: Sequence[str], keep: Sequence[str]) -> 
     return scores
 
 
+def attention_heads_view(res: Any, layer: int | None = None) -> tuple[str, Any] | None:
+    """circuitsvis ``attention_heads`` for a raw-attention result with a ``head`` axis, at ``layer``
+    (default: the result's own layer, else the last). Only the target rows were kept, so the
+    [head, dst, src] matrix holds those rows and zeros elsewhere."""
+    if res.method != "attention" or "head" not in res.dims:
+        return None
+    import circuitsvis.attention as cva
+
+    s, dims = res.scores, list(res.dims)
+    if "layer" in dims:
+        n = s.shape[dims.index("layer")]
+        li = (n - 1 if layer is None else int(layer)) % n
+        s = s.select(dims.index("layer"), li)
+        dims.remove("layer")
+    else:
+        li = res.params.get("layer")
+    s = s.permute(dims.index("head"), dims.index("target"), dims.index("src"))  # [head, target, src]
+    n_tok = len(res.tokens)
+    mat = torch.zeros(s.shape[0], n_tok, n_tok)
+    for r, p in enumerate(res.target_positions):
+        if 0 <= p < n_tok:
+            mat[:, p, :] = s[:, r, :].float()
+    names = [f"L{li}H{h}" for h in range(s.shape[0])]
+    return (
+        f"attention heads of layer {li} (rows of the target positions)",
+        cva.attention_heads(mat, res.tokens, attention_head_names=names),
+    )
+
+
 def views(res: Any, target: int | str | None = None) -> list[tuple[str, Any]]:
     """The circuitsvis components that show a result, with a caption each."""
     import circuitsvis.tokens as cvt
 
     out: list[tuple[str, Any]] = []
+    heads_view = attention_heads_view(res)
+    if heads_view is not None:
+        out.append(heads_view)
     if "layer" in res.dims:
         t = 0 if target is None else res._target_index(target)
         lay = collapse(res.scores, res.dims, keep=("layer", "target", "src"))[:, t]
