@@ -129,7 +129,7 @@ def _zoo_ready() -> bool:
 def test_zoo_probe_ablation() -> None:
     from mechattr.zoo import example_tokens, get_task, load_probe
 
-    model = ma.load_model("zoo:agreement")
+    model = ma.load_model("zoo:agreement", kind="bridge")  # TL 3 HookedTransformer: see report (d_mlp)
     probe = lk.LinearProbe.from_probe(load_probe("agreement"))
     a = ma.as_adapter(model)
     ex = get_task("agreement").examples(1, seed=3)[0]

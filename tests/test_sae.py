@@ -187,7 +187,7 @@ def _zoo_sae_ready() -> bool:
 def test_zoo_sae(tmp_path: Any) -> None:
     from mechattr.zoo import load_sae
 
-    model = ma.load_model("zoo:agreement")
+    model = ma.load_model("zoo:agreement", kind="bridge")  # TL 3 HookedTransformer: see report (d_mlp)
     zsae = load_sae("agreement")
     from mechattr.zoo import get_task
 
