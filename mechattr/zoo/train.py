@@ -379,8 +379,10 @@ def build(task_name: str, seed: int = 0, out: Path = DATA, log: bool = True, **o
         if log:
             print(f"training zoo:{name}", flush=True)
         model, info = train(task, cfg, randomized=randomized, log=log)
+        used = asdict(cfg)
         if not randomized:
-            # The twin gets exactly as many steps as the real model needed.
+            # The twin gets exactly as many steps as the real model needed (and its learning-rate
+            # schedule spans those steps).
             cfg = replace(cfg, steps=info["steps"])
         acc = accuracy(model, task, heldout)
         card = {
@@ -392,16 +394,16 @@ def build(task_name: str, seed: int = 0, out: Path = DATA, log: bool = True, **o
             "heldout_n": len(heldout),
             "heldout_seed": 1_000_000 + seed,
             "chance": task.chance,
-            "train_config": asdict(cfg),
+            "train_config": used,
             **info,
             "prepend_bos": True,
             "note": (
                 "trained on a fixed set whose answers were shuffled across examples "
                 "(data-randomization twin)" if randomized else
                 "trained on fresh examples, cross-entropy on the answer token only"
+                + (" (induction: also on the later tokens of a longer repeat)" if task.name == "induction" else "")
             ),
         }
-        card["train_config"] = asdict(cfg)
         if randomized:
             card["train_accuracy"] = accuracy(model, task, shuffled_twin_data(task, cfg))
         save_model(model, task, out / name, card)
