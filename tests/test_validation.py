@@ -3,7 +3,6 @@ user's model left untouched, seeded reproducibility, reports and errors."""
 
 from __future__ import annotations
 
-import copy
 import math
 
 import pytest
@@ -153,10 +152,10 @@ def test_completeness_check(tiny_model):
 
 def test_data_randomization_with_twin(tiny_model):
     # A twin identical to the model must fail (the check can fail); a re-initialised twin passes.
-    same = copy.deepcopy(tiny_model)
+    same = randomization.copy_model(tiny_model)
     rep = ma.validate(tiny_model, PROMPTS[:1], methods=["input_x_gradient"], checks=["data_randomization"], twin=same)
     assert rep.passed("data_randomization", "input_x_gradient") is False
-    rand = copy.deepcopy(tiny_model)
+    rand = randomization.copy_model(tiny_model)
     for gi, (_, ps) in enumerate(randomization.param_groups(rand)):
         randomization.randomize_(ps, 100 + gi, 0.02)
     rep = ma.validate(tiny_model, PROMPTS, methods=["input_x_gradient"], checks=["data_randomization"], twin=rand)
