@@ -21,6 +21,7 @@ from .errors import (
 )
 from .loading import DEFAULT_MODEL, builtin_models, cache_dir, load_model
 from .registry import get_method, list_methods, register
+from .validation import ValidationReport, validate
 from .targets import (
     Contrast,
     ForcedContinuation,
@@ -34,6 +35,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "attribute",
+    "validate",
+    "ValidationReport",
     "resolve",
     "run_method",
     "load_model",
