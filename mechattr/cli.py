@@ -1,4 +1,4 @@
-"""Command line: ``mechattr attribute | methods | models | demo``.
+"""Command line: ``mechattr attribute | validate | methods | models | demo``.
 
 Exit codes: 0 success, 1 an unexpected internal error, 2 bad usage or input (a MechattrError),
 130 interrupted. Errors print one line without a traceback unless ``--debug`` is given.
@@ -140,6 +140,57 @@ def cmd_models(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _read_prompts(path: str) -> list[str]:
+    """One prompt per line (blank lines skipped), or a JSON list of strings."""
+    from .errors import InputError
+
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"No prompts file at {path!r}.")
+    text = p.read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):
+        try:
+            prompts = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path!r} looks like JSON but does not parse: {e}") from e
+        if not all(isinstance(x, str) for x in prompts):
+            raise InputError(f"{path!r} must hold a JSON list of strings.")
+    else:
+        prompts = [line for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise InputError(f"{path!r} holds no prompts.")
+    return prompts
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    import mechattr as ma
+
+    prompts = _read_prompts(args.prompts) if args.prompts else [args.text]
+    model = ma.load_model(args.model, kind=args.kind_model, device=args.device)
+    checks = "all" if args.checks == "all" else [c.strip() for c in args.checks.split(",") if c.strip()]
+    report = ma.validate(
+        model,
+        prompts,
+        target=args.target,
+        methods=[m.strip() for m in args.methods.split(",") if m.strip()],
+        checks=checks,
+        seed=args.seed,
+        html_path=args.html,
+        **_params(args.option),
+    )
+    if args.json:
+        text = report.to_json()
+        if args.json == "-":
+            print(text)
+        else:
+            Path(args.json).write_text(text)
+    if args.json != "-" and not args.quiet:
+        print(report.to_markdown())
+        if args.html:
+            print(f"html: {args.html}")
+    return EXIT_OK
+
+
 DEMO_PROMPTS = [
     ("The capital of France is", {"target": " Paris"}),
     ("The keys to the cabinet", {"target": " are", "contrast": " is"}),
@@ -203,6 +254,22 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
     a.set_defaults(func=cmd_attribute)
 
+    v = sub.add_parser("validate", help="sanity checks, faithfulness curves and agreement for several methods")
+    v.add_argument("model", help="model name or directory, as for `attribute`")
+    v.add_argument("text", nargs="?", default=None, help="one prompt (or use --prompts FILE)")
+    v.add_argument("--prompts", default=None, help="a file with one prompt per line, or a JSON list of strings")
+    v.add_argument("--target", "-t", default=None, help="the next token to explain (default: the model's own prediction)")
+    v.add_argument("--methods", default="integrated_gradients,input_x_gradient,saliency", help="comma-separated methods to check")
+    v.add_argument("--checks", default="all", help="'all' or comma-separated: randomization, data_randomization, completeness, perturbation, agreement, ablation, roar, ground_truth")
+    v.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE", help="a validate() option, repeatable: -o threshold=0.4 -o replacement='delete'")
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--kind-model", default="auto", choices=["auto", "bridge", "hooked"])
+    v.add_argument("--device", default="cpu")
+    v.add_argument("--html", default=None, help="write the offline HTML report here")
+    v.add_argument("--json", default=None, help="write the report as JSON here ('-' for stdout)")
+    v.add_argument("--quiet", "-q", action="store_true")
+    v.set_defaults(func=cmd_validate)
+
     m = sub.add_parser("methods", help="list the attribution methods, one line each")
     m.add_argument("--json", action="store_true", help="machine-readable output with parameters")
     m.set_defaults(func=cmd_methods)
@@ -224,6 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "command", None) == "validate" and not (args.text or args.prompts):
+        parser.error("validate needs a prompt or --prompts FILE")
     if getattr(args, "command", None) == "demo" and args.model is None:
         from .loading import demo_model
 

@@ -95,3 +95,16 @@ def test_console_script_subprocess():
     r = subprocess.run([sys.executable, "-m", "mechattr", "attribute", "tiny-gpt2", "x", "-m", "nope"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+def test_validate_subcommand(tmp_path, capsys):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("The capital of France is\n\nOne two three\n")
+    html = tmp_path / "v.html"
+    rc = main(["validate", "tiny-gpt2", "--prompts", str(prompts), "--methods", "ixg,ig", "--checks",
+               "completeness,agreement", "--html", str(html), "-o", "method_params={'ig': {'n_steps': 8}}"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "integrated_gradients" in out or "ig" in out
+    assert html.exists() and "<table" in html.read_text()
+    assert main(["validate", "tiny-gpt2", "--prompts", str(tmp_path / "none.txt")]) == 2
