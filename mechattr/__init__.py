@@ -22,6 +22,8 @@ from .errors import (
 from .loading import DEFAULT_MODEL, builtin_models, cache_dir, load_model
 from .registry import get_method, list_methods, register
 from .validation import ValidationReport, validate
+from .report import report
+from . import plots
 from .targets import (
     Contrast,
     ForcedContinuation,
@@ -36,6 +38,8 @@ __version__ = "0.1.0"
 __all__ = [
     "attribute",
     "validate",
+    "report",
+    "plots",
     "ValidationReport",
     "resolve",
     "run_method",

@@ -328,7 +328,12 @@ class ModelAdapter:
     ) -> Float[Tensor, "batch k vocab"]:
         """Logits at ``positions`` only (all positions when None) — the unembedding of a
         50k vocabulary is skipped where no target reads it."""
-        if self.fast_logits_ok():
+        # The fast path applies ln_final/unembed outside the hooks context: hooks on them
+        # (e.g. a frozen final-norm scale) need the full forward.
+        touches_head = any(
+            isinstance(n, str) and n.startswith(("ln_final", "unembed", "hook_unembed")) for n, _ in fwd_hooks
+        )
+        if not touches_head and self.fast_logits_ok():
             resid = self.run_until(tokens, self.final_resid_hook, embed=embed, fwd_hooks=fwd_hooks)
             if positions is not None:
                 resid = resid[:, list(positions)]

@@ -1,4 +1,4 @@
-"""Command line: ``mechattr attribute | validate | methods | models | demo``.
+"""Command line: ``mechattr attribute | validate | report | methods | models | demo``.
 
 Exit codes: 0 success, 1 an unexpected internal error, 2 bad usage or input (a MechattrError),
 130 interrupted. Errors print one line without a traceback unless ``--debug`` is given.
@@ -191,6 +191,20 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    import mechattr as ma
+    from .report import report
+
+    model = ma.load_model(args.model, kind=args.kind_model, device=args.device)
+    opts = {k: v for k, v in (("contrast", args.contrast), ("kind", args.kind), ("position", args.position)) if v is not None}
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    report(model, args.text, args.target, methods, path=args.out, validate=args.validate,
+           seed=args.seed, figures=False if args.no_figures else None, **opts)
+    if not args.quiet:
+        print(f"wrote {args.out}")
+    return EXIT_OK
+
+
 DEMO_PROMPTS = [
     ("The capital of France is", {"target": " Paris"}),
     ("The keys to the cabinet", {"target": " are", "contrast": " is"}),
@@ -262,28 +276,45 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--methods", default="integrated_gradients,input_x_gradient,saliency", help="comma-separated methods to check")
     v.add_argument("--checks", default="all", help="'all' or comma-separated: randomization, data_randomization, completeness, perturbation, agreement, ablation, roar, ground_truth")
     v.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE", help="a validate() option, repeatable: -o threshold=0.4 -o replacement='delete'")
-    v.add_argument("--seed", type=int, default=0)
-    v.add_argument("--kind-model", default="auto", choices=["auto", "bridge", "hooked"])
-    v.add_argument("--device", default="cpu")
+    v.add_argument("--seed", type=int, default=0, help="seed for every random choice (default 0)")
+    v.add_argument("--kind-model", default="auto", choices=["auto", "bridge", "hooked"], help="TransformerBridge or HookedTransformer (TL 3 only)")
+    v.add_argument("--device", default="cpu", help="torch device (default cpu)")
     v.add_argument("--html", default=None, help="write the offline HTML report here")
     v.add_argument("--json", default=None, help="write the report as JSON here ('-' for stdout)")
-    v.add_argument("--quiet", "-q", action="store_true")
+    v.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
     v.set_defaults(func=cmd_validate)
+
+    r = sub.add_parser("report", help="write one offline HTML report: several methods, agreement, optional validation")
+    r.add_argument("model", help="built-in name (see `mechattr models`), local HF dir, or Hub name")
+    r.add_argument("text", help="the prompt")
+    r.add_argument("--target", "-t", default=None, help="the next token to explain (default: the model's own prediction)")
+    r.add_argument("--contrast", "-c", default=None, help="a foil token: explain target vs foil")
+    r.add_argument("--kind", default=None, help="log_prob (default), prob, logit; for contrasts logit_diff, log_prob_diff, prob_diff")
+    r.add_argument("--position", type=int, default=None, help="prompt position whose prediction is explained (default: last)")
+    r.add_argument("--methods", default="integrated_gradients,input_x_gradient,saliency", help="comma-separated method names")
+    r.add_argument("--validate", action="store_true", help="also run completeness, deletion/insertion curves, agreement and ablation checks")
+    r.add_argument("--no-figures", action="store_true", help="leave out matplotlib figures even when matplotlib is installed")
+    r.add_argument("--out", "-o", default="mechattr-report.html", help="output HTML file (default mechattr-report.html)")
+    r.add_argument("--seed", type=int, default=0, help="seed for stochastic methods and validation (default 0)")
+    r.add_argument("--kind-model", default="auto", choices=["auto", "bridge", "hooked"], help="TransformerBridge or HookedTransformer (TL 3 only)")
+    r.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    r.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
+    r.set_defaults(func=cmd_report)
 
     m = sub.add_parser("methods", help="list the attribution methods, one line each")
     m.add_argument("--json", action="store_true", help="machine-readable output with parameters")
     m.set_defaults(func=cmd_methods)
 
     mo = sub.add_parser("models", help="list the built-in models")
-    mo.add_argument("--json", action="store_true")
+    mo.add_argument("--json", action="store_true", help="machine-readable output")
     mo.set_defaults(func=cmd_models)
 
     d = sub.add_parser("demo", help="attribute the demo prompts on the default model and write an HTML page")
     d.add_argument("--model", default=None, help="model (default: the built-in default model)")
     d.add_argument("--methods", default="integrated_gradients,input_x_gradient,saliency", help="comma-separated methods")
     d.add_argument("--out", default="mechattr-demo.html", help="output HTML file")
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--quiet", "-q", action="store_true")
+    d.add_argument("--seed", type=int, default=0, help="seed for stochastic methods (default 0)")
+    d.add_argument("--quiet", "-q", action="store_true", help="print only the output file")
     d.set_defaults(func=cmd_demo)
     return p
 

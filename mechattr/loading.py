@@ -117,10 +117,14 @@ def _from_local_dir(path: Path, kind: str, device: str, dtype: torch.dtype) -> A
     )
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = _tl3_compatible_dir(path)
-    cfg = get_pretrained_model_config(str(path), device=device, dtype=dtype, fold_ln=False)
     hf = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
-    state = get_pretrained_state_dict(str(path), cfg, hf_model=hf, dtype=dtype)
+    cfg = _tl3_config(hf.config, device, dtype)
+    if cfg is not None:
+        state = _tl3_convert(hf, cfg)
+    else:  # other architectures: TL's own derivation (reads the directory again)
+        view = _tl3_compatible_dir(path)
+        cfg = get_pretrained_model_config(str(view), device=device, dtype=dtype, fold_ln=False)
+        state = get_pretrained_state_dict(str(view), cfg, hf_model=hf, dtype=dtype)
     tok = AutoTokenizer.from_pretrained(str(path))
     model = HookedTransformer(cfg, tokenizer=tok, move_to_device=False)
     model.load_and_process_state_dict(
@@ -134,6 +138,75 @@ def _from_local_dir(path: Path, kind: str, device: str, dtype: torch.dtype) -> A
     model.to(device)
     model.eval()
     return model
+
+
+def _tl3_config(hf_cfg: Any, device: str, dtype: torch.dtype) -> Any:
+    """HookedTransformerConfig for the architectures mechattr ships models of (GPT-2, Llama),
+    read from the HF config directly: TL 3.x's own derivation ignores GPT-2's ``n_inner`` and
+    trips over transformers 5 configs. None for other architectures."""
+    from transformer_lens import HookedTransformerConfig
+
+    arch = (getattr(hf_cfg, "architectures", None) or [""])[0]
+    if arch == "GPT2LMHeadModel":
+        d = {
+            "d_model": hf_cfg.n_embd,
+            "d_head": hf_cfg.n_embd // hf_cfg.n_head,
+            "n_heads": hf_cfg.n_head,
+            "d_mlp": getattr(hf_cfg, "n_inner", None) or 4 * hf_cfg.n_embd,
+            "n_layers": hf_cfg.n_layer,
+            "n_ctx": hf_cfg.n_positions,
+            "eps": hf_cfg.layer_norm_epsilon,
+            "d_vocab": hf_cfg.vocab_size,
+            "act_fn": hf_cfg.activation_function,
+            "use_attn_scale": getattr(hf_cfg, "scale_attn_weights", True),
+            "scale_attn_by_inverse_layer_idx": getattr(hf_cfg, "scale_attn_by_inverse_layer_idx", False),
+            "normalization_type": "LN",
+            "positional_embedding_type": "standard",
+        }
+    elif arch == "LlamaForCausalLM":
+        n_heads = hf_cfg.num_attention_heads
+        d_head = getattr(hf_cfg, "head_dim", None) or hf_cfg.hidden_size // n_heads
+        kv = getattr(hf_cfg, "num_key_value_heads", None) or n_heads
+        rope = getattr(hf_cfg, "rope_theta", None)
+        if rope is None:
+            rope = (getattr(hf_cfg, "rope_parameters", None) or {}).get("rope_theta", 10000.0)
+        d = {
+            "d_model": hf_cfg.hidden_size,
+            "d_head": d_head,
+            "n_heads": n_heads,
+            "d_mlp": hf_cfg.intermediate_size,
+            "n_layers": hf_cfg.num_hidden_layers,
+            "n_ctx": hf_cfg.max_position_embeddings,
+            "eps": hf_cfg.rms_norm_eps,
+            "d_vocab": hf_cfg.vocab_size,
+            "act_fn": hf_cfg.hidden_act,
+            "n_key_value_heads": kv if kv != n_heads else None,
+            "normalization_type": "RMS",
+            "positional_embedding_type": "rotary",
+            "rotary_adjacent_pairs": False,
+            "rotary_dim": d_head,
+            "rotary_base": float(rope),
+            "final_rms": True,
+            "gated_mlp": True,
+        }
+    else:
+        return None
+    return HookedTransformerConfig(
+        **d,
+        original_architecture=arch,
+        model_name=str(getattr(hf_cfg, "_name_or_path", "") or arch).rstrip("/").split("/")[-1],
+        device=device,
+        dtype=dtype,
+        init_weights=False,
+    )
+
+
+def _tl3_convert(hf: Any, cfg: Any) -> dict[str, torch.Tensor]:
+    from transformer_lens.pretrained.weight_conversions import convert_gpt2_weights, convert_llama_weights
+
+    if cfg.original_architecture == "GPT2LMHeadModel":
+        return convert_gpt2_weights(hf, cfg)
+    return convert_llama_weights(hf, cfg)
 
 
 def _tl3_compatible_dir(path: Path) -> Path:
