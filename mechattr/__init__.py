@@ -23,7 +23,8 @@ from .loading import DEFAULT_MODEL, builtin_models, cache_dir, load_model
 from .registry import get_method, list_methods, register
 from .validation import ValidationReport, validate
 from .report import report
-from . import plots
+from . import groundtruth, linking, plots
+from .linking import LinearProbe, SAEFeature, head_attribution, token_feature_map, token_head_map
 from .targets import (
     Contrast,
     ForcedContinuation,
@@ -40,6 +41,13 @@ __all__ = [
     "validate",
     "report",
     "plots",
+    "linking",
+    "groundtruth",
+    "LinearProbe",
+    "SAEFeature",
+    "token_head_map",
+    "token_feature_map",
+    "head_attribution",
     "ValidationReport",
     "resolve",
     "run_method",
