@@ -13,9 +13,15 @@ from mechattr import groundtruth as gt
 from mechattr import zoo
 
 
+class _Models(dict):
+    def __missing__(self, task: str):
+        self[task] = ma.load_model(f"zoo:{task}")
+        return self[task]
+
+
 @pytest.fixture(scope="module")
 def zoo_models() -> dict:
-    return {t: ma.load_model(f"zoo:{t}") for t in ("induction", "recall")}
+    return _Models()
 
 
 def _brute(scores: list[float], truth: set[int]) -> tuple[float, float, float]:
