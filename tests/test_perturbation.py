@@ -455,3 +455,9 @@ def test_make_features_default_is_one_feature_per_free_token(tiny_model):
     assert feats.n == ctx.n_pos - 1 and feats.spans[0] == (1, 2)
     phi = torch.arange(feats.n, dtype=torch.float64)[None]
     assert math.isclose(float(feats.spread(phi).sum()), float(phi.sum()))
+
+
+def test_without_bos_the_first_token_is_perturbed_too(tiny_model):
+    for rep in ["delete", "plausible"]:
+        res = ma.attribute(tiny_model, SHORT, method="occlusion", replacement=rep, prepend_bos=False)
+        assert res.tokens[0] == "The" and float(res.scores[0, 0].abs()) > 0

@@ -123,8 +123,9 @@ def occlusion(
         units = torch.zeros(nw, P, dtype=torch.bool, device=ctx.tokens.device)
         if nw:
             # Window w covers free positions w .. w+window-1.
-            cols = free_idx[torch.arange(nw)[:, None] + torch.arange(window)[None, :]]
-            units[torch.arange(nw)[:, None], cols] = True
+            dev = free_idx.device
+            cols = free_idx[torch.arange(nw, device=dev)[:, None] + torch.arange(window, device=dev)[None, :]]
+            units[torch.arange(nw, device=dev)[:, None], cols] = True
     params = _params(feats, spans, rep, ctx, window=window)
     if units.shape[0] == 0:
         return _empty_output(ctx, params)
