@@ -54,7 +54,7 @@ class Settings:
     rounds: int
 
 
-QUICK = Settings(n_steps=4, prompt=20, cont=3, long=64, rounds=3)
+QUICK = Settings(n_steps=4, prompt=20, cont=3, long=48, rounds=3)
 FULL = Settings(n_steps=50, prompt=20, cont=10, long=320, rounds=3)
 
 
@@ -410,7 +410,7 @@ def flow_output(quick: bool) -> str | None:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="small settings (4 IG steps, 64-token long prompt)")
+    ap.add_argument("--quick", action="store_true", help="small settings (4 IG steps, 48-token long prompt)")
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--cases", default=None, help="comma list of: ig,ig_cont,ig_long,occlusion,ixg,saliency,rollout")
     ap.add_argument("--tools", default="mechattr,captum,inseq,floor")
