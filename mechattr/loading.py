@@ -283,6 +283,10 @@ def _load(name: str, k: str, device: str, dt: torch.dtype) -> Any:
         return _from_local_dir(p, k, device, dt)
     if p.exists():
         raise ModelError(f"{name!r} is a file; give a model directory or a model name.")
+    if name.startswith("zoo:"):
+        from .zoo import model_dir
+
+        model_dir(name)  # raises the zoo's own message (how to train a task it does not ship)
     if name.startswith(("zoo:",)) or name.lower().startswith("smollm"):
         raise ModelError(
             f"Unknown built-in model {name!r}. Built-in models: {sorted(builtin_models())}."

@@ -43,6 +43,12 @@ def card(name: str) -> dict[str, Any]:
     return json.loads((model_dir(name) / "card.json").read_text())
 
 
+def shipped_tasks() -> list[str]:
+    """Tasks whose trained model and randomized twin are installed (the others have generators
+    and a training recipe but no shipped checkpoint yet)."""
+    return [t for t in sorted(TASKS) if (DATA / t / "config.json").is_file() and (DATA / f"{t}-random" / "config.json").is_file()]
+
+
 def zoo_models() -> list[str]:
     return sorted(p.name for p in DATA.iterdir() if (p / "card.json").is_file()) if DATA.is_dir() else []
 
@@ -61,7 +67,7 @@ def _loader(dirname: str):
     return load
 
 
-for _task in TASKS:
+for _task in shipped_tasks():
     builtin(f"zoo:{_task}", f"2-layer GPT-2 trained on the zoo task {_task!r} (ground truth known)")(
         _loader(_task)
     )
