@@ -16,7 +16,7 @@ from typing import Any, Callable
 import torch
 
 from .adapter import model_kind, tl_major
-from .errors import ModelError
+from .errors import ModelError, suggest
 
 DEFAULT_MODEL = "tiny-gpt2"
 _BUILTINS: dict[str, tuple[str, Callable[..., Any]]] = {}
@@ -284,12 +284,14 @@ def _load(name: str, k: str, device: str, dt: torch.dtype) -> Any:
     if p.exists():
         raise ModelError(f"{name!r} is a file; give a model directory or a model name.")
     if name.startswith("zoo:"):
-        from .zoo import model_dir
+        from .zoo import TASKS, model_dir
 
-        model_dir(name)  # raises the zoo's own message (how to train a task it does not ship)
+        if name[4:].removesuffix("-random") in TASKS:
+            model_dir(name)  # raises the zoo's own message (how to train a task it does not ship)
     if name.startswith(("zoo:",)) or name.lower().startswith("smollm"):
         raise ModelError(
-            f"Unknown built-in model {name!r}. Built-in models: {sorted(builtin_models())}."
+            f"Unknown built-in model {name!r}.{suggest(name, builtin_models())} "
+            f"Built-in models: {sorted(builtin_models())}."
         )
     return _from_hub(name, k, device, dt)
 
