@@ -24,6 +24,15 @@ CASES = [
     ("ixg", "The key to the cabinets", " is", {}),
     ("smoothgrad", "One two three", None, {"n_samples": 4}),
     ("gradient_shap", "One two three", None, {"n_samples": 8}),
+    ("attention_rollout", "The capital of France is", " Paris", {}),
+    ("attention_flow", "The capital of France is", " Paris", {}),
+    ("attention_x_gradient", "The capital of France is", " Paris", {}),
+    ("value_weighted_attention", "The capital of France is", " Paris", {}),
+    ("value_zeroing", "The capital of France is", " Paris", {}),
+    ("occlusion", "The capital of France is", " Paris", {}),
+    ("shapley", "The capital of France is", " Paris", {}),
+    ("lime", "The capital of France is", " Paris", {"n_samples": 64}),
+    ("dig", "The capital of France is", " Paris", {"n_steps": 18, "anchor_vocab": 500}),
 ]
 
 
