@@ -205,6 +205,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+DEMO_IG = {"n_steps": 64, "rule": "riemann_middle"}
 DEMO_PROMPTS = [
     ("The capital of France is", {"target": " Paris"}),
     ("The keys to the cabinet", {"target": " are", "contrast": " is"}),
@@ -220,15 +221,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
     results = []
     for text, tgt in DEMO_PROMPTS:
         for method in args.methods.split(","):
+            info = ma.get_method(method.strip())
+            # 64 midpoint steps: robust where the path starts rough (a zero embedding on a model
+            # without position embeddings, e.g. SmolLM2; see docs/smollm2.md).
+            extra = DEMO_IG if info.name == "integrated_gradients" else {}
             try:
-                res = ma.attribute(model, text, method=method.strip(), seed=args.seed, **tgt)
+                res = ma.attribute(model, text, method=info.name, seed=args.seed, **tgt, **extra)
             except ma.TargetError as e:  # e.g. a tokenizer where ' Paris' is two tokens
                 print(f"skipped {text!r} {tgt}: {e}", file=sys.stderr)
                 break
             results.append(res)
             if not args.quiet:
                 top = ", ".join(f"{t!r} {s:+.3g}" for _, t, s in res.top_k(3))
-                print(f"{res.method:<22} {text!r} -> {res.targets[0]}: top {top}")
+                err = res.diagnostics.get("completeness_relative_error")
+                note = f" (completeness error {100 * err:.1f}% of f(x) - f(b))" if err is not None else ""
+                print(f"{res.method:<22} {text!r} -> {res.targets[0]}: top {top}{note}")
     out = Path(args.out)
     html_page(results, path=out, title=f"mechattr demo — {ma.as_adapter(model).name}")
     print(f"wrote {out} ({out.stat().st_size // 1024} KiB, opens offline)")
