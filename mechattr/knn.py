@@ -10,8 +10,6 @@ read back or does not match its key (truncated, overwritten) is rebuilt.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 import threading
 import weakref
 from pathlib import Path
@@ -120,24 +118,15 @@ def _read(path: Path, key: str, k: int, vocab: int) -> tuple[Tensor, Tensor] | N
 
 def _write(path: Path, key: str, k: int, idx: Tensor, dist: Tensor) -> None:
     """Write under a temporary name in the same folder, then rename: readers never see half a file."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
-    os.close(fd)
-    try:
-        save_file(
-            {"indices": idx.cpu().contiguous(), "distances": dist.cpu().contiguous()},
-            tmp,
-            metadata={"format": FORMAT, "key": key, "k": str(k)},
-        )
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    from .attribution import _atomic_write
+
+    blob = save(
+        {"indices": idx.cpu().contiguous(), "distances": dist.cpu().contiguous()},
+        metadata={"format": FORMAT, "key": key, "k": str(k)},
+    )
+    _atomic_write(path, blob)
 
 
 def knn_graph(
