@@ -78,7 +78,7 @@ def _random_ranking_top1(task, n, seed) -> float:
     return sum(hits) / len(hits)
 
 
-@pytest.mark.parametrize("task", ["agreement", "recall"])
+@pytest.mark.parametrize("task", ["agreement", "induction", "recall"])
 def test_ig_beats_random_ranking(zoo_models, task):
     res = gt.score(zoo_models[task], "ig", task, n=25, seed=0, n_steps=20)
     base = _random_ranking_top1(task, 400, 0)

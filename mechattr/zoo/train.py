@@ -56,11 +56,13 @@ class TrainConfig:
 # Per-task settings that differ from the defaults (found by hand; see docs/zoo.md).
 TASK_CONFIGS: dict[str, dict[str, Any]] = {
     "agreement": {},
-    "induction": {"steps": 3000, "lr": 5e-3},
+    "induction": {"steps": 8000, "lr": 5e-3},  # the induction heads form around step 4000
     "recall": {},
 }
 PROBE_HOOK = "blocks.1.hook_resid_post"
 SAE_HOOK = "blocks.1.hook_resid_pre"
+# The induction model's residual stream needs a stronger sparsity penalty for a sparse code.
+SAE_L1: dict[str, float] = {"induction": 1.0}
 
 
 # ----- tokenizer and model --------------------------------------------------------------------
@@ -414,7 +416,7 @@ def build(task_name: str, seed: int = 0, out: Path = DATA, log: bool = True, **o
             tensors, meta = train_probe(model, task, seed)
             save_tensors(out / "probes" / f"{task.name}.safetensors", tensors, meta)
             summary["probe"] = meta["heldout_accuracy"]
-            tensors, meta = train_sae(model, task, seed)
+            tensors, meta = train_sae(model, task, seed, l1=SAE_L1.get(task.name, 3e-3))
             save_tensors(out / "saes" / f"{task.name}.safetensors", tensors, meta)
             summary["sae_fve"] = meta["heldout_fraction_variance_explained"]
             summary["sae_l0"] = meta["heldout_l0"]
