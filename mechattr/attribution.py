@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -196,9 +197,8 @@ class Attribution:
     # ----- tables --------------------------------------------------------------------------------
     def to_records(self) -> list[dict[str, Any]]:
         recs = []
-        it = torch.nonzero(torch.ones_like(self.scores, dtype=torch.bool)).tolist()
         flat = self.scores.reshape(-1).tolist()
-        for idx, v in zip(it, flat):
+        for idx, v in zip(itertools.product(*(range(n) for n in self.scores.shape)), flat):
             r = {d: i for d, i in zip(self.dims, idx)}
             r["target_label"] = self.targets[r["target"]]
             r["token"] = self.tokens[r["src"]]

@@ -3,7 +3,6 @@ target values and gradients with respect to the token embeddings."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
@@ -190,16 +189,6 @@ def completeness(
         "f_input": [float(v) for v in f_x],
         "f_baseline": [float(v) for v in f_b],
     }
-
-
-def as_list(x: Any) -> list[Any]:
-    if isinstance(x, (list, tuple)):
-        return list(x)
-    return [x]
-
-
-def n_ok(value: float) -> bool:
-    return math.isfinite(value)
 
 
 __all__: Sequence[str] = [
