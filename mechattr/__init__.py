@@ -9,6 +9,7 @@
 from .adapter import ModelAdapter, as_adapter
 from .api import attribute, resolve, run_method
 from .attribution import Attribution
+from .dataset import DatasetRun, attribute_dataset, load_dataset_results
 from .display import compare
 from .errors import (
     HookError,
@@ -38,6 +39,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "attribute",
+    "attribute_dataset",
+    "load_dataset_results",
+    "DatasetRun",
     "validate",
     "report",
     "plots",

@@ -1,4 +1,4 @@
-"""Command line: ``mechattr attribute | validate | report | methods | models | demo``.
+"""Command line: ``mechattr attribute | attribute-dataset | validate | report | methods | models | demo``.
 
 Exit codes: 0 success, 1 an unexpected internal error, 2 bad usage or input (a MechattrError),
 130 interrupted. Errors print one line without a traceback unless ``--debug`` is given.
@@ -96,6 +96,46 @@ def cmd_attribute(args: argparse.Namespace) -> int:
         for label, path in (("html", args.html), ("saved", args.save), ("json", args.json)):
             if path:
                 print(f"{label}: {path}")
+    return EXIT_OK
+
+
+def _rank_device(device: str) -> str:
+    """Under torchrun each rank takes its own GPU: plain 'cuda' becomes cuda:$LOCAL_RANK."""
+    import os
+
+    if device == "cuda" and "LOCAL_RANK" in os.environ:
+        return f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    return device
+
+
+def cmd_attribute_dataset(args: argparse.Namespace) -> int:
+    import mechattr as ma
+
+    model = ma.load_model(args.model, kind=args.kind_model, device=_rank_device(args.device))
+    run = ma.attribute_dataset(
+        model,
+        args.prompts,
+        args.target,
+        method=args.method,
+        out_dir=args.out,
+        shard_size=args.shard_size,
+        resume=not args.no_resume,
+        quiet=args.quiet or args.json,
+        contrast=args.contrast,
+        kind=args.kind,
+        position=args.position,
+        seed=args.seed,
+        memory_mb=args.memory_mb,
+        batch_size=args.batch_size,
+        **_params(args.param),
+    )
+    if args.json:
+        if run.rank == 0:
+            print(json.dumps(run.to_dict(), indent=2))
+    elif not args.quiet and run.world_size > 1:
+        print(run.summary())  # each rank its own line; rank 0's already went to stderr
+    elif not args.quiet:
+        print(f"wrote {run.n_items} items in {run.n_shards} shards to {run.out_dir}")
     return EXIT_OK
 
 
@@ -274,6 +314,27 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--save", default=None, help="save the result (safetensors + JSON metadata) here")
     a.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
     a.set_defaults(func=cmd_attribute)
+
+    ds = sub.add_parser("attribute-dataset", help="attribute every prompt of a file, streaming resumable shards to a directory (runs data-parallel under torchrun)")
+    ds.add_argument("prompts", help="a .jsonl file (strings or {\"text\", \"target\", \"contrast\"} objects a line), a JSON list, or plain text with one prompt a line")
+    ds.add_argument("--model", required=True, help="built-in name (see `mechattr models`), local HF dir, or Hub name")
+    ds.add_argument("--method", "-m", default="integrated_gradients", help="method name or alias (see `mechattr methods`); default integrated_gradients")
+    ds.add_argument("--out", "-o", required=True, help="output directory: manifest.json and one shard-NNNNN.safetensors per shard")
+    ds.add_argument("--target", "-t", default=None, help="the next token to explain for every prompt without its own (default: the model's own prediction)")
+    ds.add_argument("--contrast", "-c", default=None, help="a foil token for every prompt without its own")
+    ds.add_argument("--kind", default=None, help="log_prob (default), prob, logit; for contrasts logit_diff, log_prob_diff, prob_diff")
+    ds.add_argument("--position", type=int, default=None, help="prompt position whose prediction is explained (default: last)")
+    ds.add_argument("--shard-size", type=int, default=64, help="items per shard file, the unit of resuming and of splitting over ranks (default 64)")
+    ds.add_argument("--no-resume", action="store_true", help="delete the shards already in --out and start over (default: skip finished shards)")
+    ds.add_argument("--param", "-p", action="append", default=[], metavar="KEY=VALUE", help="a method parameter, repeatable: -p n_steps=64")
+    ds.add_argument("--seed", type=int, default=0, help="seed for stochastic methods (default 0)")
+    ds.add_argument("--memory-mb", type=float, default=2048.0, help="activation memory cap per batch in MiB (default 2048)")
+    ds.add_argument("--batch-size", type=int, default=None, help="sequences per forward pass (overrides --memory-mb)")
+    ds.add_argument("--kind-model", default="auto", choices=["auto", "bridge", "hooked"], help="TransformerBridge or HookedTransformer (TL 3 only)")
+    ds.add_argument("--device", default="cpu", help="torch device (default cpu); 'cuda' under torchrun means cuda:$LOCAL_RANK")
+    ds.add_argument("--json", action="store_true", help="print the run summary (items, shards, items/s) as JSON")
+    ds.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
+    ds.set_defaults(func=cmd_attribute_dataset)
 
     v = sub.add_parser("validate", help="sanity checks, faithfulness curves and agreement for several methods")
     v.add_argument("model", help="model name or directory, as for `attribute`")

@@ -98,7 +98,7 @@ def _check_kind(kind: str) -> str:
     return kind
 
 
-def _from_local_dir(path: Path, kind: str, device: str, dtype: torch.dtype) -> Any:
+def _from_local_dir(path: Path, kind: str, device: str, dtype: torch.dtype, **tl_kwargs: Any) -> Any:
     if not (path / "config.json").exists():
         raise ModelError(
             f"{str(path)!r} is a directory but has no config.json; give a Hugging Face model "
@@ -107,7 +107,7 @@ def _from_local_dir(path: Path, kind: str, device: str, dtype: torch.dtype) -> A
     if kind == "bridge":
         from transformer_lens.model_bridge import TransformerBridge
 
-        return TransformerBridge.boot_transformers(str(path), device=device, dtype=dtype)
+        return TransformerBridge.boot_transformers(str(path), **_device_kwargs(device, tl_kwargs), dtype=dtype)
     # TL 3.x HookedTransformer from a local directory: from_pretrained accepts only official
     # names, so derive the config and convert the weights through TL's own loaders.
     from transformer_lens import HookedTransformer
@@ -117,6 +117,12 @@ def _from_local_dir(path: Path, kind: str, device: str, dtype: torch.dtype) -> A
     )
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    n_devices = int(tl_kwargs.pop("n_devices", 1) or 1)
+    if tl_kwargs:
+        raise ModelError(
+            f"A HookedTransformer built from a local directory takes only n_devices, not "
+            f"{sorted(tl_kwargs)}; use kind='bridge' for Hugging Face loading options such as device_map."
+        )
     hf = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
     cfg = _tl3_config(hf.config, device, dtype)
     if cfg is not None:
@@ -125,6 +131,7 @@ def _from_local_dir(path: Path, kind: str, device: str, dtype: torch.dtype) -> A
         view = _tl3_compatible_dir(path)
         cfg = get_pretrained_model_config(str(view), device=device, dtype=dtype, fold_ln=False)
         state = get_pretrained_state_dict(str(view), cfg, hf_model=hf, dtype=dtype)
+    cfg.n_devices = n_devices
     tok = AutoTokenizer.from_pretrained(str(path))
     model = HookedTransformer(cfg, tokenizer=tok, move_to_device=False)
     model.load_and_process_state_dict(
@@ -135,7 +142,10 @@ def _from_local_dir(path: Path, kind: str, device: str, dtype: torch.dtype) -> A
         fold_value_biases=False,
         refactor_factored_attn_matrices=False,
     )
-    model.to(device)
+    if n_devices > 1:  # TransformerLens's own split of the blocks over devices
+        model.move_model_modules_to_device()
+    else:
+        model.to(device)
     model.eval()
     return model
 
@@ -233,15 +243,23 @@ def _tl3_compatible_dir(path: Path) -> Path:
     return atomic_dir(view, build)
 
 
-def _from_hub(name: str, kind: str, device: str, dtype: torch.dtype) -> Any:
+def _device_kwargs(device: str, tl_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """TransformerBridge takes either ``device`` or a multi-device placement (``device_map`` /
+    ``n_devices``), not both."""
+    if tl_kwargs.get("device_map") is not None or (tl_kwargs.get("n_devices") or 1) > 1:
+        return dict(tl_kwargs)
+    return {**tl_kwargs, "device": device}
+
+
+def _from_hub(name: str, kind: str, device: str, dtype: torch.dtype, **tl_kwargs: Any) -> Any:
     try:
         if kind == "bridge":
             from transformer_lens.model_bridge import TransformerBridge
 
-            return TransformerBridge.boot_transformers(name, device=device, dtype=dtype)
+            return TransformerBridge.boot_transformers(name, **_device_kwargs(device, tl_kwargs), dtype=dtype)
         from transformer_lens import HookedTransformer
 
-        return HookedTransformer.from_pretrained(name, device=device, dtype=dtype)
+        return HookedTransformer.from_pretrained(name, device=device, dtype=dtype, **tl_kwargs)
     except OSError as e:
         raise ModelError(
             f"Could not load {name!r} from the Hugging Face Hub ({e}). Check the name and your "
@@ -255,6 +273,7 @@ def load_model(
     kind: str = "auto",
     device: str = "cpu",
     dtype: Any = None,
+    **tl_kwargs: Any,
 ) -> Any:
     """Load a model for attribution.
 
@@ -262,25 +281,37 @@ def load_model(
     built-in name (``mechattr models`` lists them; they work offline), or a Hub name such as
     ``"gpt2"`` (needs network). ``kind`` picks ``"bridge"`` (TransformerBridge, the default on
     TL 4) or ``"hooked"`` (HookedTransformer, the default on TL 3).
+
+    Other keyword arguments go to TransformerLens's own loader for local directories and Hub
+    names: ``TransformerBridge.boot_transformers`` (e.g. ``device_map="auto"``, ``n_devices=2``,
+    ``max_memory``) or ``HookedTransformer.from_pretrained`` (e.g. ``n_devices=2``). That is how
+    a model too large for one device is spread over several; mechattr adds no placement of its own.
     """
     if not isinstance(spec, (str, os.PathLike)):
         model_kind(spec)  # raises a clear error for anything that is not a TL model
+        if tl_kwargs:
+            raise ModelError(f"{sorted(tl_kwargs)} are loading options; this model is already loaded.")
         return spec
     k = _check_kind(kind)
     dt = _dtype(dtype)
     # Loaders print progress ("Moving model to device") on stdout; keep stdout for results
     # (`mechattr attribute --json -` writes JSON there).
     with contextlib.redirect_stdout(sys.stderr):
-        return _load(str(spec), k, device, dt)
+        return _load(str(spec), k, device, dt, **tl_kwargs)
 
 
-def _load(name: str, k: str, device: str, dt: torch.dtype) -> Any:
+def _load(name: str, k: str, device: str, dt: torch.dtype, **tl_kwargs: Any) -> Any:
     _load_extra_builtins()
     if name in _BUILTINS:
+        if tl_kwargs:
+            raise ModelError(
+                f"The built-in model {name!r} takes only kind, device and dtype, not {sorted(tl_kwargs)}; "
+                "multi-device options apply to local model directories and Hub names."
+            )
         return _BUILTINS[name][1](kind=k, device=device, dtype=dt)
     p = Path(name).expanduser()
     if p.is_dir():
-        return _from_local_dir(p, k, device, dt)
+        return _from_local_dir(p, k, device, dt, **tl_kwargs)
     if p.exists():
         raise ModelError(f"{name!r} is a file; give a model directory or a model name.")
     if name.startswith("zoo:"):
@@ -293,7 +324,7 @@ def _load(name: str, k: str, device: str, dt: torch.dtype) -> Any:
             f"Unknown built-in model {name!r}.{suggest(name, builtin_models())} "
             f"Built-in models: {sorted(builtin_models())}."
         )
-    return _from_hub(name, k, device, dt)
+    return _from_hub(name, k, device, dt, **tl_kwargs)
 
 
 # ----- the built-in tiny model ----------------------------------------------------------------------
