@@ -129,13 +129,12 @@ def cmd_attribute_dataset(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         **_params(args.param),
     )
+    if run.rank != 0:  # rank 0 speaks for the job; its summary counts every rank
+        return EXIT_OK
     if args.json:
-        if run.rank == 0:
-            print(json.dumps(run.to_dict(), indent=2))
-    elif not args.quiet and run.world_size > 1:
-        print(run.summary())  # each rank its own line; rank 0's already went to stderr
+        print(json.dumps(run.to_dict(), indent=2))
     elif not args.quiet:
-        print(f"wrote {run.n_items} items in {run.n_shards} shards to {run.out_dir}")
+        print(f"{run.n_items} items in {run.n_shards} shards in {run.out_dir}")
     return EXIT_OK
 
 

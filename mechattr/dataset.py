@@ -315,11 +315,11 @@ class DatasetRun:
         return self.total_items_computed / self.total_seconds if self.total_seconds > 0 else 0.0
 
     def summary(self) -> str:
-        who = f"rank {self.rank}/{self.world_size}: " if self.world_size > 1 else ""
+        where = (f"rank {self.rank} of {self.world_size} computed" if self.world_size > 1 else "computed")
         return (
-            f"{who}{len(self.shards_computed)} shards computed, {len(self.shards_skipped)} already done; "
             f"{self.total_items_computed} items in {self.total_seconds:.1f} s = "
-            f"{self.items_per_second:.2f} items/s; results in {self.out_dir}"
+            f"{self.items_per_second:.2f} items/s ({where} {len(self.shards_computed)} shards, skipped "
+            f"{len(self.shards_skipped)} finished); results in {self.out_dir}"
         )
 
     def load(self) -> list[Attribution]:
