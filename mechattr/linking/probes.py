@@ -42,7 +42,8 @@ class ProbePlan(Plan):
 
     def evaluate(self, adapter, tokens, embed=None, fwd_hooks=()):
         act = adapter.run_until(tokens, self.hook, embed=embed, fwd_hooks=fwd_hooks)
-        x = act[:, self.read_position].reshape(act.shape[0], -1)
+        # positions, not read_position: replacement='delete' shortens the input and shifts positions.
+        x = act[:, self.positions[0]].reshape(act.shape[0], -1)
         w = self.weight.to(x)
         return x @ w.T + self.bias.to(x)
 
