@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import re
 import sys
@@ -34,7 +35,7 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from .attribution import FORMAT_NAME, FORMAT_VERSION, Attribution, _atomic_write, _jsonable
-from .errors import InputError, ResultFileError
+from .errors import InputError, MechattrError, ResultFileError
 
 DATASET_FORMAT = "mechattr-dataset"
 DATASET_VERSION = 1
@@ -114,6 +115,8 @@ def _item(x: Any, i: int) -> dict[str, Any]:
 def _describe(x: Any) -> Any:
     """A description of an argument that is the same in the next run for the same argument
     (a default repr carries a memory address, which would make every resume a mismatch)."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return str(x)  # nan != nan would make every resume a mismatch
     if x is None or isinstance(x, (str, int, float, bool)):
         return x
     if isinstance(x, (list, tuple)):
@@ -423,13 +426,16 @@ def attribute_dataset(
                 results = []
                 for i in idx:
                     it = items[i]
-                    res = api.attribute(
-                        model, it["text"], it.get("target", target), method=info.name,
-                        contrast=it.get("contrast", contrast), kind=it.get("kind", kind),
-                        position=it.get("position", position), prepend_bos=prepend_bos,
-                        attribute_bos=attribute_bos, memory_mb=memory_mb, batch_size=batch_size,
-                        seed=seed, quiet=True, **params,
-                    )
+                    try:
+                        res = api.attribute(
+                            model, it["text"], it.get("target", target), method=info.name,
+                            contrast=it.get("contrast", contrast), kind=it.get("kind", kind),
+                            position=it.get("position", position), prepend_bos=prepend_bos,
+                            attribute_bos=attribute_bos, memory_mb=memory_mb, batch_size=batch_size,
+                            seed=seed, quiet=True, **params,
+                        )
+                    except MechattrError as e:  # say which item, so it can be found in a big file
+                        raise type(e)(f"Prompt {i} ({it['text'][:40]!r}): {e}") from e
                     results.append(res)
                     b.update(1)
                 _write_shard(shard_path(out, s), s, idx, results, rank, world, run_id)

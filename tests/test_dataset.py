@@ -161,6 +161,11 @@ def test_bad_arguments_fail_before_any_work(tiny_model, tmp_path):
     with pytest.raises(ma.InputError, match="shard_size"):
         ma.attribute_dataset(tiny_model, ["a"], method="ixg", out_dir=tmp_path / "x", shard_size=0)
     assert not (tmp_path / "x").exists()
+    # An item that cannot be attributed is named; the shards before it are kept.
+    bad = ["Hello world", {"text": "The capital of France is", "target": " Paris Rome"}]
+    with pytest.raises(ma.TargetError, match=r"Prompt 1 \('The capital of France is'\)"):
+        ma.attribute_dataset(tiny_model, bad, method="saliency", out_dir=tmp_path / "y", shard_size=1, quiet=True)
+    assert shard_path(tmp_path / "y", 0).exists() and not shard_path(tmp_path / "y", 1).exists()
     with pytest.raises(ma.ResultFileError, match="No dataset run"):
         ma.load_dataset_results(tmp_path)
 
