@@ -104,7 +104,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "ground_truth_n": 50,
     # check 7
     "roar_task": None,
-    "roar_k": 2,
+    "roar_k": 1,
     "roar_config": None,
     "roar_method": None,
     # method running
@@ -157,6 +157,7 @@ class VContext:
     seed: int
     options: dict[str, Any]
     target: Any = None
+    quiet: bool = False  # no progress bars
     _orig: dict[tuple[str, int], Attribution] = field(default_factory=dict)
 
     def attribute(self, adapter: ModelAdapter, item: Item, m: MethodSpec) -> Attribution:

@@ -59,6 +59,8 @@ TASK_CONFIGS: dict[str, dict[str, Any]] = {
     "induction": {"steps": 8000, "lr": 5e-3},  # the induction heads form around step 4000
     "recall": {},
 }
+# ROAR-lite (mechattr.validation.roar) retrains a narrower model briefly, on top of the above.
+ROAR_OVERRIDES: dict[str, Any] = {"n_embd": 32, "n_inner": 64, "steps": 150, "warmup": 20}
 PROBE_HOOK = "blocks.1.hook_resid_post"
 SAE_HOOK = "blocks.1.hook_resid_pre"
 # The induction model's residual stream needs a stronger sparsity penalty for a sparse code.
@@ -195,8 +197,24 @@ def shuffled_twin_data(task: Task, cfg: TrainConfig) -> list[Example]:
     return [Example(e.prompt, a, e.truth, e.distractors, e.foil) for e, a in zip(exs, answers)]
 
 
-def train(task: Task, cfg: TrainConfig, randomized: bool = False, log: bool = False) -> tuple[Any, dict[str, Any]]:
-    """Train one model; returns it (eval mode) and a record of how training went."""
+def encoded_batch(data: tuple[Tensor, Tensor, Tensor], cfg: TrainConfig, rng: random.Random) -> tuple[Tensor, Tensor]:
+    """(tokens, targets) for one step drawn from a fixed encoded set ``(tokens, last, answers)``
+    as :func:`encode` returns it (ROAR-lite trains on masked copies of such a set)."""
+    toks, last, ans = data
+    idx = torch.tensor([rng.randrange(toks.shape[0]) for _ in range(cfg.batch)])
+    tgt = torch.full((cfg.batch, toks.shape[1]), -100, dtype=torch.long)
+    tgt[torch.arange(cfg.batch), last[idx]] = ans[idx]
+    return toks[idx], tgt
+
+
+def train(
+    task: Task, cfg: TrainConfig, randomized: bool = False, log: bool = False,
+    data: tuple[Tensor, Tensor, Tensor] | None = None,
+) -> tuple[Any, dict[str, Any]]:
+    """Train one model; returns it (eval mode) and a record of how training went.
+
+    ``data``: train on this fixed encoded set (tokens, last, answers) instead of fresh examples,
+    for exactly ``cfg.steps`` steps (no early stopping: its validation examples are unmasked)."""
     torch.set_num_threads(1)  # tiny matrices: more threads only add contention
     model = make_model(task, cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
@@ -210,7 +228,10 @@ def train(task: Task, cfg: TrainConfig, randomized: bool = False, log: bool = Fa
         torch.manual_seed(cfg.seed + 1)
         for step in range(cfg.steps):
             model.train()
-            toks, tgt = train_batch(task, cfg, data_rng, fixed)
+            if data is not None:
+                toks, tgt = encoded_batch(data, cfg, data_rng)
+            else:
+                toks, tgt = train_batch(task, cfg, data_rng, fixed)
             logits = model(input_ids=toks).logits
             loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), tgt.flatten(), ignore_index=-100)
             for g in opt.param_groups:
@@ -219,7 +240,7 @@ def train(task: Task, cfg: TrainConfig, randomized: bool = False, log: bool = Fa
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
-            if (step + 1) % cfg.eval_every == 0 and not randomized:
+            if (step + 1) % cfg.eval_every == 0 and not randomized and data is None:
                 acc = accuracy(model, task, val)
                 history.append((step + 1, round(float(loss), 4), acc))
                 if log:
