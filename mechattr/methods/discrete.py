@@ -45,6 +45,7 @@ from torch import Tensor
 from ..baselines import build_baselines, describe
 from ..errors import MethodError
 from ..knn import knn_graph
+from ..progress import bar
 from ..registry import MethodOutput, register
 from ._common import (
     Context,
@@ -266,10 +267,18 @@ def _path_attribution(
     W = torch.cat([q[1] for q in quads]).double() / nb
     acc = torch.zeros(ctx.plan.n_rows, *x.shape, dtype=torch.float64, device=x.device)
 
+    n_points = int(P.shape[0])
+    n_batches = -(-n_points // ctx.max_batch())
+    points_bar = bar(total=n_points, desc="discretized IG path points", disable=n_batches < 2)
+
     def per_point(sl: slice, g: Tensor) -> None:
         acc.add_(einsum(g.double(), W[sl], "r b p d, b p d -> r p d"))
+        points_bar.update(sl.stop - sl.start)
 
-    grad_map(ctx, int(P.shape[0]), lambda sl: P[sl], per_point)
+    try:
+        grad_map(ctx, n_points, lambda sl: P[sl], per_point)
+    finally:
+        points_bar.close()
     scores = mask_fixed(ctx, reduce_hidden(acc, reduce)).to(x.dtype)
     f_x = ctx.values()[0]
     f_b = ctx.values(B).mean(0)

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from ..errors import MethodError
 from ..perturb import Features, Replacement, make_features, perturbed_values, resolve_replacement
+from ..progress import progress
 from ..registry import MethodOutput, register
 from ._common import Context, check_positive_int, completeness
 
@@ -36,12 +37,25 @@ DISTANCES = ("cosine", "hamming")
 # ----- shared helpers -------------------------------------------------------------------------
 
 
+def _batched_values(ctx: Context, masks: Bool[Tensor, "n pos"], rep: Replacement, desc: str) -> Float[Tensor, "n rows"]:
+    """:func:`perturbed_values` one memory-capped batch at a time, under a progress bar when
+    there is more than one batch. ``rep`` is resolved once, so the values do not depend on the
+    split (perturbed_values batches the same way inside)."""
+    n = masks.shape[0]
+    chunks = list(ctx.batches(n, with_grad=False)) if n else [slice(0, 0)]
+    if len(chunks) == 1:
+        return perturbed_values(ctx, masks, rep)
+    return torch.cat(
+        [perturbed_values(ctx, masks[sl], rep) for sl in progress(chunks, desc=desc)], dim=0
+    )
+
+
 def _values(
-    ctx: Context, feats: Features, rep: Replacement, absent: Bool[Tensor, "n F"]
+    ctx: Context, feats: Features, rep: Replacement, absent: Bool[Tensor, "n F"], desc: str = "perturbations"
 ) -> Float[Tensor, "n rows"]:
     """Target values (float64) of feature coalitions; each distinct coalition is evaluated once."""
     uniq, inverse = torch.unique(absent.bool(), dim=0, return_inverse=True)
-    vals = perturbed_values(ctx, feats.masks(uniq), rep).double()
+    vals = _batched_values(ctx, feats.masks(uniq), rep, desc).double()
     return vals[inverse]
 
 
@@ -130,7 +144,7 @@ def occlusion(
     if units.shape[0] == 0:
         return _empty_output(ctx, params)
     masks = torch.cat([torch.zeros(1, P, dtype=torch.bool, device=units.device), units], dim=0)
-    vals = perturbed_values(ctx, masks, rep).double()
+    vals = _batched_values(ctx, masks, rep, "occlusion").double()
     f_x, drop = vals[0], vals[0] - vals[1:]  # drop: [units, rows]
     if spans is not None:
         scores = feats.spread(drop.T)
@@ -231,7 +245,7 @@ def lime(
     k = torch.randint(1, F + 1, (n_samples - 1,), generator=g)
     rank = torch.rand(n_samples - 1, F, generator=g).argsort(-1).argsort(-1)
     absent = torch.cat([torch.zeros(1, F, dtype=torch.bool), rank < k[:, None]], dim=0)
-    y = _values(ctx, feats, rep, absent.to(ctx.tokens.device)).cpu()
+    y = _values(ctx, feats, rep, absent.to(ctx.tokens.device), "LIME").cpu()
     w = lime_kernel(~absent, float(kernel_width), distance)
     beta, b, r2 = weighted_ridge((~absent).double(), y, w, float(alpha))
     phi = beta.T  # [rows, F]
@@ -325,7 +339,7 @@ def kernel_shap(
         present = rank < sizes[:, None]
         if paired:
             present = torch.stack([present, ~present], dim=1).reshape(-1, F)[:n_samples]
-        y = _values(ctx, feats, rep, (~present).to(ctx.tokens.device)).cpu()
+        y = _values(ctx, feats, rep, (~present).to(ctx.tokens.device), "kernel SHAP").cpu()
         phi = constrained_least_squares(present.double(), y - f_empty, f_x - f_empty)
         n_forward = 2 + int(torch.unique(present, dim=0).shape[0])
     scores = feats.spread(phi)
@@ -372,7 +386,7 @@ def shapley_sampling(
     # present[p, k, f]: feature f is in after k steps of permutation p (k = 0 .. F).
     present = rank[:, None, :] < steps[None, :, None]
     n_p = perms.shape[0]
-    vals = _values(ctx, feats, rep, (~present).reshape(-1, F).to(ctx.tokens.device)).cpu()
+    vals = _values(ctx, feats, rep, (~present).reshape(-1, F).to(ctx.tokens.device), "Shapley sampling").cpu()
     vals = vals.reshape(n_p, F + 1, -1)
     marg = vals[:, 1:] - vals[:, :-1]  # [p, step, rows]
     per_feature = marg.gather(1, rank[..., None].expand(-1, -1, marg.shape[-1]))  # [p, F, rows]
@@ -431,7 +445,7 @@ def shapley(
         return _empty_output(ctx, params)
     S = torch.arange(2**F)
     present = ((S[:, None] >> torch.arange(F)[None, :]) & 1).bool()  # [2^F, F]
-    vals = perturbed_values(ctx, feats.masks(~present.to(ctx.tokens.device)), rep).double().cpu()
+    vals = _batched_values(ctx, feats.masks(~present.to(ctx.tokens.device)), rep, "exact Shapley").double().cpu()
     phi = (shapley_coefficients(F) @ vals).T  # [rows, F]
     diag = _shapley_diagnostics(ctx, feats, phi, vals[-1], vals[0], 2**F)
     scores = feats.spread(phi)

@@ -43,6 +43,7 @@ from torch import Tensor
 from ..adapter import as_adapter
 from ..errors import MethodError
 from ..perturb import next_token_probs, sample_tokens
+from ..progress import bar
 from ..registry import MethodOutput, register
 from ._common import Context, check_positive_int
 
@@ -163,7 +164,10 @@ def reagent(
         s[:, fi] = sol.T
         return s
 
+    # A bar over the probe steps (the loop may stop early once every row meets its condition).
+    steps_bar = bar(total=max_probe_steps, desc="ReAGent probe steps")
     for step in range(max_probe_steps):
+        steps_bar.update(1)
         # Probes: a random subset of n_rep free tokens each, replaced by fresh draws.
         pick = torch.rand(num_probes, nf, generator=g).argsort(-1)[:, :n_rep]
         R = torch.zeros(num_probes, P, dtype=torch.bool)
@@ -199,6 +203,7 @@ def reagent(
         active[act[torch.tensor(ok, dtype=torch.bool)]] = False
         if not bool(active.any()):
             break
+    steps_bar.close()
     diag = {
         "f_input": [float(v) for v in f_x],
         "steps": steps.tolist(),

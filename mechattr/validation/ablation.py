@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from ..progress import progress
 from ._context import VContext
 from ._replace import Remover
 from ._result import CheckResult, Verdict
@@ -38,7 +39,7 @@ def run(vc: VContext) -> CheckResult:
     per: dict[str, list[float]] = {m.label: [] for m in vc.methods}
     per_p: dict[str, list[float]] = {m.label: [] for m in vc.methods}
     scatter: dict[str, list[tuple[float, float]]] = {m.label: [] for m in vc.methods}
-    for item in vc.items:
+    for item in progress(vc.items, desc="ablation (prompts)", quiet=vc.quiet):
         delta, pos = ablation_effects(vc, item)
         for r in range(delta.shape[0]):
             for p, d in zip(pos, delta[r].tolist()):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from typing import Any, Callable, Sequence
@@ -10,6 +11,7 @@ import torch
 
 from ..adapter import tl_version
 from ..errors import InputError, MechattrError, suggest
+from ..progress import progress
 from . import ablation, agreement, completeness, perturbation_curves, randomization, roar, zoo_checks
 from ._context import VContext, check_options, method_specs, resolve_items
 from ._result import CheckResult
@@ -47,6 +49,39 @@ def _check_list(checks: Any) -> tuple[list[str], bool]:
     return out, False
 
 
+@contextlib.contextmanager
+def _silenced(quiet: bool) -> Any:
+    """quiet=True also silences the bars of the methods validate() calls, which take no quiet
+    argument: they honour MECHATTR_QUIET, set for the duration of the call."""
+    if not quiet:
+        yield
+        return
+    old = os.environ.get("MECHATTR_QUIET")
+    os.environ["MECHATTR_QUIET"] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("MECHATTR_QUIET", None)
+        else:
+            os.environ["MECHATTR_QUIET"] = old
+
+
+def _run_checks(
+    vc: VContext, names: list[str], all_checks: bool, results: dict[str, CheckResult], timings: dict[str, float]
+) -> None:
+    for name in progress(names, desc="validate", quiet=vc.quiet):
+        t0 = time.perf_counter()
+        if all_checks and name in NEEDS_ZOO:
+            try:
+                results[name] = CHECKS[name](vc)
+            except MechattrError as e:
+                results[name] = CheckResult(name, unavailable=str(e))
+        else:
+            results[name] = CHECKS[name](vc)
+        timings[name] = round(time.perf_counter() - t0, 2)
+
+
 def validate(
     model: Any,
     prompts: str | Sequence[str],
@@ -55,6 +90,7 @@ def validate(
     checks: str | Sequence[str] = "all",
     seed: int = 0,
     html_path: str | os.PathLike | None = None,
+    quiet: bool = False,
     **options: Any,
 ) -> ValidationReport:
     """Check attribution methods on ``model`` and ``prompts``; returns a :class:`ValidationReport`.
@@ -72,12 +108,14 @@ def validate(
         seed: seeds every random choice (methods, random orderings, re-initialisations,
             plausible replacements, ROAR); the same seed gives identical numbers.
         html_path: also write the offline HTML report there.
+        quiet: no progress bars (on stderr: per check, randomization step, prompt, ROAR retraining,
+            and the methods' own batch loops). Also off under pytest or with ``MECHATTR_QUIET=1``.
         **options: ``threshold`` (0.5), ``top_k`` (3), ``randomization`` (modes),
             ``randomization_stride`` (1), ``twin`` (model), ``completeness_tol`` (0.05),
             ``replacement`` ('auto': unk if distinct from BOS/EOS, else zero; 'delete', 'pad',
             'zero', 'mean', 'plausible'), ``ks`` ((1, 3, 5, 0.1, 0.2)), ``n_random`` (5),
             ``counts`` (token frequency table), ``margin`` (1.0), ``ablation_min_corr`` (0.0),
-            ``roar_task``, ``roar_k`` (2), ``roar_config`` (dict), ``method_params`` ({name:
+            ``roar_task``, ``roar_k`` (1), ``roar_config`` (dict), ``method_params`` ({name:
             params}), ``memory_mb``, ``batch_size``, ``attribute_bos``, and the target options
             ``contrast``, ``kind``, ``position``, ``prepend_bos``.
     """
@@ -87,19 +125,11 @@ def validate(
     names, all_checks = _check_list(checks)
     specs = method_specs(methods, opts["method_params"])
     adapter, items = resolve_items(model, prompts, target, opts)
-    vc = VContext(model, adapter, items, specs, seed, opts, target)
+    vc = VContext(model, adapter, items, specs, seed, opts, target, quiet=bool(quiet))
     results: dict[str, CheckResult] = {}
     timings: dict[str, float] = {}
-    for name in names:
-        t0 = time.perf_counter()
-        if all_checks and name in NEEDS_ZOO:
-            try:
-                results[name] = CHECKS[name](vc)
-            except MechattrError as e:
-                results[name] = CheckResult(name, unavailable=str(e))
-        else:
-            results[name] = CHECKS[name](vc)
-        timings[name] = round(time.perf_counter() - t0, 2)
+    with _silenced(quiet):
+        _run_checks(vc, names, all_checks, results, timings)
     meta = {
         "model": adapter.name,
         "prompts": [it.prompt for it in items],

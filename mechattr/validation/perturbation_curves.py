@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from ..errors import InputError
+from ..progress import progress
 from ._context import Item, VContext
 from ._replace import Remover
 from ._result import CheckResult, Verdict
@@ -146,7 +147,7 @@ def run(vc: VContext) -> CheckResult:
     mean_curves: dict[str, dict[str, list[Tensor]]] = {
         lab: {"deletion": [], "insertion": []} for lab in labels + ["frequency", "random"]
     }
-    for item in vc.items:
+    for item in progress(vc.items, desc="perturbation curves (prompts)", quiet=vc.quiet):
         remover = Remover(
             vc.adapter, item.plan, item.fixed, o["replacement"], seed=vc.seed + 31 * item.index,
             memory_mb=o["memory_mb"], batch_size=o["batch_size"],

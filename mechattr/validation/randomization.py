@@ -27,6 +27,7 @@ from torch import Tensor
 
 from ..adapter import ModelAdapter
 from ..errors import ModelError
+from ..progress import progress
 from ._context import VContext
 from ._result import CheckResult, Verdict
 from .stats import nanmean, spearman, top_k_intersection
@@ -166,7 +167,9 @@ def run(vc: VContext) -> CheckResult:
     if "cascading" in vc.options["randomization"]:
         curve = [("original", _measure(vc, vc.adapter, res, "cascading", 0, "original"))]
         done = 0
-        for gi, (name, ps) in enumerate(groups):
+        for gi, (name, ps) in progress(
+            list(enumerate(groups)), desc="randomization (cascading)", quiet=vc.quiet
+        ):
             randomize_(ps, vc.seed * 1009 + gi, init_std)
             done += 1
             last = gi == len(groups) - 1
@@ -182,7 +185,9 @@ def run(vc: VContext) -> CheckResult:
             groups = param_groups(clone)
     if "independent" in vc.options["randomization"]:
         curve = []
-        for gi, (name, ps) in enumerate(groups):
+        for gi, (name, ps) in progress(
+            list(enumerate(groups)), desc="randomization (independent)", quiet=vc.quiet
+        ):
             if gi % stride != 0 and gi != len(groups) - 1:
                 continue
             saved = [p.detach().clone() for p in ps]

@@ -13,6 +13,7 @@ from typing import Any
 
 from ..adapter import ModelAdapter, as_adapter
 from ..errors import ModelError
+from ..progress import progress
 from ._context import VContext
 from ._result import CheckResult, Verdict
 from .randomization import similarity
@@ -61,7 +62,7 @@ def run_data_randomization(vc: VContext) -> CheckResult:
     twin_adapter = ModelAdapter(twin, name=t_adapter.name, prepend_bos=vc.adapter.prepend_bos)
     res.notes.append(f"twin: {twin_adapter.name}")
     thr = float(vc.options["threshold"])
-    for m in vc.methods:
+    for m in progress(vc.methods, desc="data randomization (methods)", quiet=vc.quiet):
         sims: dict[str, list[float]] = {}
         for item in vc.items:
             s = similarity(vc.scores(item, m), vc.scores(item, m, adapter=twin_adapter), item.free.cpu(), vc.options["top_k"])
@@ -94,7 +95,7 @@ def run_ground_truth(vc: VContext) -> CheckResult:
     task = name[len("zoo:"):].removesuffix("-random")
     n = int(vc.options["ground_truth_n"])
     res.notes.append(f"zoo task {task}, {n} examples, seed {vc.seed} (mechattr.groundtruth.score)")
-    for m in vc.methods:
+    for m in progress(vc.methods, desc="ground truth (methods)", quiet=vc.quiet):
         if m.name is None:
             res.verdicts[m.label] = Verdict(None, None, None, "", "ground truth scores registered methods only")
             continue
