@@ -162,6 +162,25 @@ def test_data_randomization_with_twin(tiny_model):
     assert rep.passed("data_randomization", "input_x_gradient") is True
 
 
+def test_data_randomization_loads_the_shipped_twin():
+    """zoo:agreement against zoo:agreement-random: occlusion's maps differ (pass); an
+    input-independent method gives the twin the same map (Spearman 1: fail)."""
+    from mechattr.zoo import tasks as zt
+
+    zoo_model = ma.load_model("zoo:agreement")
+    prompts = [e.prompt for e in zt.get_task("agreement").examples(8, seed=123)]
+    with model_unchanged(zoo_model):
+        rep = ma.validate(zoo_model, prompts, methods=["occlusion", constant_method],
+                          checks=["data_randomization"], seed=0)
+    assert rep.checks["data_randomization"].notes == ["twin: zoo:agreement-random"]
+    v = rep.verdict("data_randomization", "occlusion")
+    assert v.passed is True and v.value < 0.35  # measured 0.146; criterion < 0.5
+    assert v.value == pytest.approx(max(rep.value("data_randomization", "occlusion", "mean_spearman"),
+                                        rep.value("data_randomization", "occlusion", "mean_spearman_abs")))
+    assert rep.passed("data_randomization", "constant_method") is False
+    assert rep.verdict("data_randomization", "constant_method").value == pytest.approx(1.0)
+
+
 def test_same_seed_same_numbers_and_model_untouched(tiny_model):
     ma.attribute(tiny_model, PROMPTS[0], method="saliency")
     kw = dict(methods=["saliency", constant_method], checks=["perturbation", "ablation", "agreement"],
