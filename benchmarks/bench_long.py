@@ -84,6 +84,7 @@ def child(args: argparse.Namespace) -> None:
         "target": res.targets[0], "completeness_error": d.get("completeness_error"),
         "completeness_relative_error": d.get("completeness_relative_error"),
         "batch_size": d.get("batch_size"),
+        "load_avg_5min": os.getloadavg()[1],
     }), flush=True)
 
 
@@ -117,7 +118,8 @@ def report(r: dict[str, Any], command: str) -> str:
         f"under a **{r.get('cap_gib', '?')} GiB** memory cap, measured on "
         f"{datetime.date.today().isoformat()}.",
         "",
-        f"Machine: {machine()} (shared with other jobs while measured, so times are upper bounds).",
+        f"Machine: {machine()}; 5-minute load average {r.get('load_avg_5min', float('nan')):.1f} when the run "
+        "ended (the machine was shared with other jobs, so times are upper bounds).",
         "",
         "Versions: " + ", ".join(f"{k} {v[k]}" for k in ("torch", "transformers", "transformer-lens", "mechattr")),
         "",
@@ -148,8 +150,10 @@ def report(r: dict[str, Any], command: str) -> str:
         "the time grows linearly with it. With few steps the completeness error is large; it is "
         "shown to prove the run is a real IG, not as a recommended setting (use ≥ 50 steps).",
         "",
-        f"A full 50-step run costs about 50 × {r['s_per_step']:.0f} s on this machine; on a GPU "
-        "the same command with `--steps 50` takes seconds per step.",
+        f"Time per step here is the attribution's wall time over the steps, so it also carries the "
+        f"two no-grad evaluations; a 50-step run would take at most about 50 × {r['s_per_step']:.0f} s "
+        f"≈ {50 * r['s_per_step'] / 3600:.1f} h on this machine (memory stays the same). "
+        "Run `python -m benchmarks.bench_long` (50 steps) on a faster machine for the full setting.",
         "",
     ]
     return "\n".join(L) + "\n"
