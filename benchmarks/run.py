@@ -380,6 +380,9 @@ def report(cases: list[Case], s: Settings, quick: bool, flow: str | None, notes:
         L.append("## Notes\n")
         L.extend(f"- {n}" for n in notes)
         L.append("")
+    L.append("## Long inputs\n")
+    L.append("IG on SmolLM2 with a 2,048-token prompt under a 16 GiB memory cap: see "
+             "[Long inputs](performance-long.md) (written by `python -m benchmarks.bench_long`).\n")
     return "\n".join(L)
 
 
