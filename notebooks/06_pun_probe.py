@@ -112,13 +112,17 @@ print(len(PUNS), "puns,", len(LITERAL), "literal sentences")
 # %% [markdown]
 # ## Residual stream at the last token
 # One layer in the middle of the network, `blocks.{L}.hook_resid_post`; the last token is the
-# final period, which has read the whole sentence.
+# final period, which has read the whole sentence. All sentences go through the model in one batch,
+# padded on the right: a causal model's activations at a real token never see the padding after it.
 
 # %%
 LAYER = adapter.n_layers // 2
 HOOK = f"blocks.{LAYER}.hook_resid_post"
+seqs = [adapter.tokenize(s)[0] for s in sentences]
+lengths = torch.tensor([len(t) for t in seqs])
+batch = torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True, padding_value=int(seqs[0][-1]))
 with torch.no_grad():
-    feats = torch.stack([adapter.run_until(adapter.tokenize(s), HOOK)[0, -1].float() for s in sentences])
+    feats = adapter.run_until(batch, HOOK)[torch.arange(len(seqs)), lengths - 1].float()
 print("features:", tuple(feats.shape), "at", HOOK)
 
 # %% [markdown]
@@ -130,7 +134,10 @@ print("features:", tuple(feats.shape), "at", HOOK)
 # weight and bias, so the probe reads the raw residual stream.
 
 # %%
-def fit_probe(x: torch.Tensor, y: torch.Tensor, steps: int = 300, l2: float = 1e-2, seed: int = 0):
+STEPS = 100 if FAST else 300
+
+
+def fit_probe(x: torch.Tensor, y: torch.Tensor, steps: int = STEPS, l2: float = 1e-2, seed: int = 0):
     """Logistic regression on standardised features; returns (weight, bias) on the raw features."""
     mu, sd = x.mean(0), x.std(0).clamp_min(1e-6)
     z = (x - mu) / sd
@@ -164,7 +171,7 @@ print(f"train accuracy {train_acc:.2f} on {int((~is_test).sum())} sentences; "
 # a pun and its literal partner, predict both) uses every sentence once as a test case.
 
 # %%
-cv_pairs = range(len(PUNS)) if not FAST else range(4)
+cv_pairs = range(len(PUNS)) if not FAST else range(2)
 correct = 0
 for i in cv_pairs:
     keep = torch.ones(len(sentences), dtype=torch.bool)
