@@ -363,8 +363,9 @@ def attribute_dataset(
         prompts: a list of strings or of dicts ``{"text": ..., "target": ..., "contrast": ...,
             "kind": ..., "position": ...}`` (the optional keys override the run-wide arguments
             for that item), or a path to a ``.jsonl`` / ``.json`` / text file of them.
-        target, contrast, kind, position, prepend_bos, attribute_bos, seed, memory_mb,
-            batch_size, **params: as for :func:`mechattr.attribute`, for every item.
+        target: as for :func:`mechattr.attribute`, for every item; so are ``contrast``,
+            ``kind``, ``position``, ``prepend_bos``, ``attribute_bos``, ``seed``,
+            ``memory_mb``, ``batch_size`` and the method's own parameters (``**params``).
         method: a registered method name or alias.
         out_dir: where the manifest and the shard files go.
         shard_size: items per shard file (the unit of resuming and of data-parallel splitting).
