@@ -200,3 +200,84 @@ def test_numpy_free_rule_points():
         # every rule integrates a linear function exactly
         assert float((w * a).sum()) == pytest.approx(0.5, abs=1e-12 if rule != "riemann_left" and rule != "riemann_right" else 0.1)
     assert np.isclose(float((rule_points(5, "gausslegendre")[1] * rule_points(5, "gausslegendre")[0] ** 8).sum()), 1 / 9)
+
+
+def _plain_trapezoid(hf, ids, x, b, target, alphas):
+    """IG by the trapezoid rule on the given points, one point at a time, plain autograd."""
+    a = torch.tensor(alphas, dtype=torch.float64)
+    h = a.diff()
+    w = torch.zeros_like(a)
+    w[:-1] += h / 2
+    w[1:] += h / 2
+    total = torch.zeros_like(x, dtype=torch.float64)
+    for ak, wk in zip(a.tolist(), w.tolist()):
+        total += wk * ref_grad(hf, ids, b + torch.tensor(ak, dtype=x.dtype) * (x - b), target).double()
+    return ((x - b).double() * total)[0].sum(-1)
+
+
+def test_adaptive_ig_is_the_trapezoid_rule_on_its_points(tiny_model, hf_ref):
+    hf, ids, target = hf_ref
+    x = hf.transformer.wte(ids).detach()
+    b = x.clone()
+    b[:, 1:] = 0.0
+    res = ma.attribute(tiny_model, PROMPT, " Paris", method="ig", rule="adaptive", n_steps=4, tol=1e-3,
+                       max_steps=200)
+    d = res.diagnostics
+    (alphas,) = d["alphas"]
+    assert len(alphas) == d["n_forward_points"] > 5  # it refined the 5 starting points
+    assert alphas == sorted(alphas) and alphas[0] == 0.0 and alphas[-1] == 1.0
+    expected = _plain_trapezoid(hf, ids, x, b, target, alphas)
+    torch.testing.assert_close(res.scores[0].double(), expected, atol=1e-5, rtol=1e-4)
+    # It stopped because the completeness error it computed is met, and that error is the real one.
+    assert d["converged"] and d["completeness_relative_error"] <= 1e-3
+    assert d["completeness_relative_error"] <= d["error_bound"] + 1e-9
+    assert d["history"][0][-1]["completeness"] == pytest.approx(d["completeness_relative_error"], abs=1e-6)
+    assert [h["points"] for h in d["history"][0]] == sorted({h["points"] for h in d["history"][0]})
+
+
+def test_adaptive_ig_without_refinement_equals_trapezoid_rule(tiny_model):
+    a = ma.attribute(tiny_model, PROMPT, " Paris", method="ig", rule="adaptive", n_steps=10, tol=1e9)
+    b = ma.attribute(tiny_model, PROMPT, " Paris", method="ig", rule="riemann_trapezoid", n_steps=11)
+    assert a.diagnostics["n_forward_points"] == 11 and a.diagnostics["rounds"] == 1
+    torch.testing.assert_close(a.scores, b.scores, atol=1e-6, rtol=1e-5)
+
+
+def test_adaptive_ig_reports_when_the_budget_runs_out(tiny_model):
+    res = ma.attribute(tiny_model, PROMPT, " Paris", method="ig", rule="adaptive", n_steps=2,
+                       tol=1e-9, max_steps=6, baseline="gaussian")
+    d = res.diagnostics
+    assert d["n_forward_points"] == 6 and not d["converged"]
+    assert d["error_bound"] > 1e-9
+    assert d["completeness_relative_error"] <= d["error_bound"] + 1e-9
+
+
+def test_adaptive_ig_batch_size_changes_rounding_only(tiny_model):
+    """Which intervals get split does not depend on the batch size, but the batch size changes
+    float rounding (batched matmuls), and an interval whose error sits at a threshold may then
+    be split in one run and not in the other. Both runs still meet the tolerance and agree to
+    within it; the same batch size gives the same points exactly."""
+    kw = dict(method="ig", rule="adaptive", n_steps=3, tol=1e-3, baseline=["zero", "mean"], max_steps=400)
+    a = ma.attribute(tiny_model, PROMPT, " Paris", batch_size=1, **kw)
+    b = ma.attribute(tiny_model, PROMPT, " Paris", batch_size=64, **kw)
+    c = ma.attribute(tiny_model, PROMPT, " Paris", batch_size=64, **kw)
+    assert b.diagnostics["alphas"] == c.diagnostics["alphas"]
+    torch.testing.assert_close(b.scores, c.scores, atol=0, rtol=0)
+    for r in (a, b):
+        assert r.diagnostics["converged"] and r.diagnostics["completeness_relative_error"] <= 1e-3
+    gap = abs(a.diagnostics["f_input"][0] - a.diagnostics["f_baseline"][0])
+    torch.testing.assert_close(a.scores, b.scores, atol=0.05 * gap, rtol=0)
+
+
+def test_adaptive_ig_norm_reductions_and_several_targets(tiny_model):
+    res = ma.attribute(tiny_model, PROMPT, [" Paris", " London"], method="ig", rule="adaptive",
+                       n_steps=4, reduce="l2", tol=1e-2)
+    assert res.scores.shape[0] == 2 and bool((res.scores >= 0).all())
+    assert res.diagnostics["completeness_relative_error"] <= 1e-2 + 1e-6
+
+
+@pytest.mark.parametrize("kw", [dict(rule="gausslegendre", tol=0.1), dict(rule="riemann_middle", max_steps=100),
+                                dict(rule="adaptive", tol=0),
+                                dict(rule="adaptive", n_steps=10, max_steps=5)])
+def test_adaptive_ig_bad_parameters(tiny_model, kw):
+    with pytest.raises(ma.errors.MechattrError, match="tol|max_steps"):
+        ma.attribute(tiny_model, PROMPT, " Paris", method="ig", **kw)

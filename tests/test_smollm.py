@@ -141,7 +141,7 @@ def test_ig_ranking_and_honest_completeness(smol):
     the path is rough near the baseline (measured in float64 with plain transformers: f(0) = -10.80,
     f(1e-6 x) = -13.21, f(1e-4 x) = -18.68). The test checks that the diagnostic reports the gap
     that an independent computation finds, so a user is told."""
-    res = ma.attribute(smol, PROMPT, " Paris", method="ig", n_steps=64, rule="riemann_middle")
+    res = ma.attribute(smol, PROMPT, " Paris", method="ig", n_steps=64, rule="riemann_middle", baseline="zero")
     d = res.diagnostics
     s = res.token_scores(0)
     a = as_adapter(smol)
@@ -156,6 +156,36 @@ def test_ig_ranking_and_honest_completeness(smol):
     assert d["f_input"][0] - d["f_baseline"][0] == pytest.approx(gap, abs=1e-4)
     top2 = {res.tokens[i] for i in torch.topk(s, 2).indices.tolist()}
     assert top2 == {" capital", " France"}
+
+
+@pytest.mark.smollm
+def test_ig_default_settings_are_complete_within_one_percent(smol):
+    """At its defaults IG uses the adaptive rule and baseline="auto", which on SmolLM2 (zero
+    embedding = degenerate, uniform logits) resolves to the pad token's embedding. The issue's bar:
+    completeness error <= 1% of |f(x) - f(b)|, with f(b) recomputed independently here."""
+    res = ma.attribute(smol, PROMPT, " Paris", method="ig")
+    d, p = res.diagnostics, res.params
+    assert p["rule"] == "adaptive" and p["baseline_requested"] == "auto"
+    assert p["baseline"] in ("pad", "eos", "unk", "mean") and p["baseline"] != "zero"
+    a = as_adapter(smol)
+    toks = a.tokenize(PROMPT)
+    pid = a.single_token(" Paris")
+    with torch.no_grad():
+        f_x = torch.log_softmax(smol(toks)[0, -1].float(), -1)[pid]
+        b_ids = torch.full_like(toks, a.special_token_id(p["baseline"]))
+        f_b = torch.log_softmax(smol(b_ids)[0, -1].float(), -1)[pid]
+    gap = float(f_x - f_b)
+    assert d["f_input"][0] - d["f_baseline"][0] == pytest.approx(gap, abs=1e-3)
+    assert abs(float(res.token_scores(0).sum()) - gap) <= 0.01 * abs(gap)
+    assert d["converged"] and d["completeness_relative_error"] <= 0.01
+
+
+@pytest.mark.smollm
+def test_ig_zero_baseline_is_singular_on_smollm(smol):
+    """The adaptive rule evaluates the path's end points; at the all-zero input SmolLM2's
+    gradient is not finite, and the user is told what to do instead of getting NaN scores."""
+    with pytest.raises(ma.errors.MethodError, match="singular point"):
+        ma.attribute(smol, PROMPT, " Paris", method="ig", baseline="zero", n_steps=4)
 
 
 @pytest.mark.smollm

@@ -171,7 +171,7 @@ def rule_points(n_steps: int, rule: str) -> tuple[Tensor, Tensor]:
         return (k + 0.5) / n_steps, w
     raise MethodError(
         f"Unknown integration rule {rule!r}; choose gausslegendre, riemann_middle, riemann_left, "
-        "riemann_right or riemann_trapezoid."
+        "riemann_right, riemann_trapezoid, or adaptive (integrated gradients only)."
     )
 
 

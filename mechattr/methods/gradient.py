@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from einops import einsum, repeat
 
-from ..baselines import build_baselines, describe, is_multi
+from ..baselines import auto_baseline, build_baselines, describe, is_multi
 from ..errors import MethodError
 from ..registry import MethodOutput, register
 from ._common import (
@@ -65,6 +65,116 @@ def input_x_gradient(ctx: Context, *, reduce: str = "sum") -> MethodOutput:
     return MethodOutput(scores, params={"reduce": reduce}, diagnostics={"f_input": f_x.tolist()})
 
 
+def _path_point_maps(
+    ctx: Context, x: torch.Tensor, b: torch.Tensor, alphas: torch.Tensor, keep_dims: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Target values [n, rows] and gradient x (x - b) maps [rows, n, pos(, d)] at ``b + a (x - b)``
+    for each ``a`` in ``alphas`` (float64), batched under the memory cap."""
+    diff = (x - b).double()
+    maps: list[torch.Tensor] = []
+
+    def make(sl: slice) -> torch.Tensor:
+        return b + alphas[sl].to(x)[:, None, None] * (x - b)
+
+    def per_point(sl: slice, g: torch.Tensor) -> None:
+        m = g.double() * diff
+        maps.append(m if keep_dims else m.sum(-1))
+
+    vals = grad_map(ctx, int(alphas.shape[0]), make, per_point)
+    maps_all = torch.cat(maps, dim=1)
+    if not (bool(torch.isfinite(vals).all()) and bool(torch.isfinite(maps_all).all())):
+        bad = (~torch.isfinite(vals).all(-1)) | (~torch.isfinite(maps_all.flatten(2)).all(-1).all(0))
+        where = [round(float(a), 6) for a in alphas[bad.cpu()][:3]]
+        raise MethodError(
+            f"The target or its gradient is not finite on the path at alpha = {where}: the "
+            "baseline sits on a singular point of the model (e.g. an all-zero residual stream "
+            "under RMSNorm). Use baseline='auto', 'pad', 'eos' or 'mean', or a fixed rule such as "
+            "rule='gausslegendre' (it never evaluates the path's end points)."
+        )
+    return vals.double(), maps_all
+
+
+# Intervals narrower than this are not split further: below it, float32 inputs at the two ends
+# are hardly distinct and the target's change is rounding, not signal.
+_MIN_WIDTH = 2.0**-20
+# Share of the remaining error whose intervals are split in one round.
+_MARK_SHARE = 0.6
+
+
+def _adaptive_path(
+    ctx: Context,
+    x: torch.Tensor,
+    b: torch.Tensor,
+    *,
+    n_steps: int,
+    max_points: int,
+    tol: float,
+    keep_dims: bool,
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """IG along one straight path by adaptive trapezoid quadrature.
+
+    Every point gives both f(alpha) and its derivative f'(alpha) = grad . (x - b), so the
+    trapezoid rule's error on each interval is *known*, not estimated: err_i = (f(a_{i+1}) -
+    f(a_i)) - h_i (f'(a_i) + f'(a_{i+1})) / 2, and the completeness error of the result is
+    exactly sum_i err_i. Intervals are bisected, largest |err_i| first, until |sum_i err_i| <=
+    tol |f(x) - f(b)| for every target row or ``max_points`` is spent. sum_i |err_i| (the error
+    if nothing cancelled) is reported as ``error_bound``; in float32 it has a floor from rounding
+    noise in f that no refinement removes, which is why it is not the stopping rule. Returns the attribution map [rows, pos(, d)] (the
+    trapezoid weights applied to every point's gradient x (x - b)) and diagnostics.
+    """
+    alphas = torch.linspace(0.0, 1.0, n_steps + 1, dtype=torch.float64)
+    f, maps = _path_point_maps(ctx, x, b, alphas, keep_dims)
+    history: list[dict[str, float]] = []
+    while True:
+        fp = maps.flatten(2).sum(-1).T  # [n, rows]: derivative of f along the path
+        h = alphas.diff()
+        err = (f[1:] - f[:-1]) - h[:, None] * (fp[:-1] + fp[1:]) / 2  # [n - 1, rows]
+        scale = (f[-1] - f[0]).abs().clamp_min(1e-6)
+        rel = err.abs() / scale  # [n - 1, rows]
+        achieved = float((err.sum(0).abs() / scale).max())  # the completeness error, exactly
+        bound = float(rel.sum(0).max())  # no cancellation between intervals assumed
+        history.append({"points": int(alphas.shape[0]), "completeness": achieved, "bound": bound})
+        budget = max_points - int(alphas.shape[0])
+        if achieved <= tol or budget <= 0:
+            break
+        # An interval whose error is within the rounding noise of f cannot be improved by
+        # splitting it: its "error" is the noise. Neither can one narrower than _MIN_WIDTH.
+        noise = 4 * torch.finfo(x.dtype).eps * f.abs().amax(0).clamp_min(1.0)  # [rows]
+        above = (err.abs() > noise).any(-1) & (h > _MIN_WIDTH)
+        priority = torch.where(above, rel.max(-1).values, 0.0)
+        if not bool((priority > 0).any()):
+            break
+        # Dörfler (1996) bulk marking: split the fewest intervals that together carry a fixed
+        # share of the error, worst first. The batch size plays no part in the choice (only in
+        # float rounding, which can tip an interval sitting exactly at the threshold).
+        order = torch.argsort(priority, descending=True, stable=True)
+        carried = priority[order].cumsum(0)
+        k = int((carried < _MARK_SHARE * carried[-1]).sum()) + 1
+        k = min(k, int((priority > 0).sum()), budget)
+        pick = order[:k]
+        mids = (alphas[pick] + alphas[pick + 1]) / 2
+        f_new, maps_new = _path_point_maps(ctx, x, b, mids, keep_dims)
+        alphas = torch.cat([alphas, mids])
+        srt = torch.argsort(alphas)
+        alphas, f = alphas[srt], torch.cat([f, f_new])[srt]
+        maps = torch.cat([maps, maps_new], dim=1)[:, srt]
+    h = alphas.diff()
+    w = torch.zeros_like(alphas)
+    w[:-1] += h / 2
+    w[1:] += h / 2
+    acc = einsum(maps, w, "r n ..., n -> r ...")
+    diag = {
+        "n_forward_points": int(alphas.shape[0]),
+        "rounds": len(history),
+        "error_bound": bound,
+        "converged": achieved <= tol,
+        "history": history,
+        "smallest_interval": float(h.min()),
+        "alphas": [float(a) for a in alphas],
+    }
+    return acc, diag
+
+
 @register(
     "integrated_gradients",
     aliases=("ig",),
@@ -76,44 +186,86 @@ def integrated_gradients(
     ctx: Context,
     *,
     n_steps: int = 50,
-    rule: str = "gausslegendre",
-    baseline: Any = "zero",
+    rule: str = "adaptive",
+    baseline: Any = "auto",
     reduce: str = "sum",
+    tol: float | None = None,
+    max_steps: int | None = None,
 ) -> MethodOutput:
+    """``rule="adaptive"`` (the default) starts from ``n_steps`` equal intervals and bisects
+    where the trapezoid rule's (exactly known) error is largest until the completeness error is
+    at most ``tol`` (default 0.01) of |f(x) - f(b)| or ``max_steps`` points (default 8 x
+    n_steps) are spent; the fixed rules (``"gausslegendre"``, ``"riemann_*"``) use exactly
+    ``n_steps`` points. ``baseline="auto"`` is the zero embedding unless that is a degenerate
+    point of the model (see :func:`mechattr.baselines.auto_baseline`)."""
     check_positive_int("n_steps", n_steps)
     check_reduce(reduce)
-    alphas, weights = rule_points(n_steps, rule)
+    adaptive = rule == "adaptive"
+    if not adaptive and (max_steps is not None or tol is not None):
+        raise MethodError("tol and max_steps apply to rule='adaptive' only; use n_steps for fixed rules.")
+    tol = 0.01 if tol is None else tol
+    if isinstance(tol, bool) or not (isinstance(tol, (int, float)) and tol > 0):
+        raise MethodError(f"tol must be a number > 0, got {tol!r}.")
+    if adaptive:
+        max_steps = 8 * n_steps if max_steps is None else check_positive_int("max_steps", max_steps)
+        if max_steps < n_steps + 1:
+            raise MethodError(f"max_steps ({max_steps}) must be at least n_steps + 1 ({n_steps + 1}).")
     x = ctx.input_embed()[0]
-    B = build_baselines(ctx, baseline)  # [nb, pos, d]
+    used = auto_baseline(ctx) if isinstance(baseline, str) and baseline == "auto" else baseline
+    B = build_baselines(ctx, used)  # [nb, pos, d]
     nb, rows = B.shape[0], ctx.plan.n_rows
-    alphas = alphas.to(x.device)
-    # Point i is baseline i // n_steps at step i % n_steps; its weight folds in 1/nb.
-    w = (repeat(weights, "s -> (b s)", b=nb) / nb).to(x.device)
-    acc = torch.zeros(rows, *x.shape, dtype=torch.float64, device=x.device)
+    extra: dict[str, Any] = {}
+    if adaptive:
+        runs = [
+            _adaptive_path(ctx, x, B[i], n_steps=n_steps, max_points=max_steps, tol=float(tol),
+                           keep_dims=reduce != "sum")
+            for i in range(nb)
+        ]
+        # With reduce="sum" the maps are already summed over d_model ([rows, pos]).
+        acc = sum(p for p, _ in runs) / nb
+        extra = {
+            "n_forward_points": sum(d["n_forward_points"] for _, d in runs),
+            "rounds": max(d["rounds"] for _, d in runs),
+            "converged": all(d["converged"] for _, d in runs),
+            "smallest_interval": min(d["smallest_interval"] for _, d in runs),
+            "error_bound": max(d["error_bound"] for _, d in runs),
+            "alphas": [d["alphas"] for _, d in runs],
+            "history": [d["history"] for _, d in runs],
+        }
+    else:
+        alphas, weights = rule_points(n_steps, rule)
+        alphas = alphas.to(x.device)
+        # Point i is baseline i // n_steps at step i % n_steps; its weight folds in 1/nb.
+        w = (repeat(weights, "s -> (b s)", b=nb) / nb).to(x.device)
+        acc = torch.zeros(rows, *x.shape, dtype=torch.float64, device=x.device)
 
-    def make(sl: slice) -> torch.Tensor:
-        idx = torch.arange(sl.start, sl.stop, device=x.device)
-        b = B[idx // n_steps]
-        a = alphas[idx % n_steps].to(x.dtype)[:, None, None]
-        return b + a * (x - b)
+        def make(sl: slice) -> torch.Tensor:
+            idx = torch.arange(sl.start, sl.stop, device=x.device)
+            b = B[idx // n_steps]
+            a = alphas[idx % n_steps].to(x.dtype)[:, None, None]
+            return b + a * (x - b)
 
-    def per_point(sl: slice, g: torch.Tensor) -> None:
-        idx = torch.arange(sl.start, sl.stop, device=x.device)
-        diff = (x - B[idx // n_steps]).double()
-        acc.add_(einsum(g.double(), diff, w[sl], "r b p d, b p d, b -> r p d"))
+        def per_point(sl: slice, g: torch.Tensor) -> None:
+            idx = torch.arange(sl.start, sl.stop, device=x.device)
+            diff = (x - B[idx // n_steps]).double()
+            acc.add_(einsum(g.double(), diff, w[sl], "r b p d, b p d, b -> r p d"))
 
-    grad_map(ctx, nb * n_steps, make, per_point)
-    scores = mask_fixed(ctx, reduce_hidden(acc, reduce)).to(x.dtype)
+        grad_map(ctx, nb * n_steps, make, per_point)
+        extra = {"n_forward_points": nb * n_steps}
+    per_token = acc if adaptive and reduce == "sum" else reduce_hidden(acc, reduce)
+    scores = mask_fixed(ctx, per_token).to(x.dtype)
+    attr_sum = acc.sum(-1) if adaptive and reduce == "sum" else acc.sum(dim=(-1, -2))
     ends = ctx.values(torch.cat([x[None], B]))  # f(x) and f(baselines) in one batched pass
     f_x, f_b = ends[0], ends[1:].mean(0)
-    diag = completeness(acc.sum(dim=(-1, -2)), f_x, f_b)
-    diag["n_forward_points"] = nb * n_steps
+    diag = completeness(attr_sum, f_x, f_b)
+    diag.update(extra)
     diag["batch_size"] = ctx.max_batch()
-    return MethodOutput(
-        scores,
-        params={"n_steps": n_steps, "rule": rule, "baseline": describe(baseline), "reduce": reduce},
-        diagnostics=diag,
-    )
+    params = {"n_steps": n_steps, "rule": rule, "baseline": describe(used), "reduce": reduce}
+    if used is not baseline:
+        params["baseline_requested"] = "auto"
+    if adaptive:
+        params.update(tol=float(tol), max_steps=max_steps)
+    return MethodOutput(scores, params=params, diagnostics=diag)
 
 
 @register(
