@@ -244,7 +244,6 @@ def cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-DEMO_IG = {"n_steps": 64, "rule": "riemann_middle"}
 DEMO_PROMPTS = [
     ("The capital of France is", {"target": " Paris"}),
     ("The keys to the cabinet", {"target": " are", "contrast": " is"}),
@@ -261,11 +260,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     for text, tgt in DEMO_PROMPTS:
         for method in args.methods.split(","):
             info = ma.get_method(method.strip())
-            # 64 midpoint steps: robust where the path starts rough (a zero embedding on a model
-            # without position embeddings, e.g. SmolLM2; see docs/smollm2.md).
-            extra = DEMO_IG if info.name == "integrated_gradients" else {}
             try:
-                res = ma.attribute(model, text, method=info.name, seed=args.seed, **tgt, **extra)
+                res = ma.attribute(model, text, method=info.name, seed=args.seed, **tgt)
             except ma.TargetError as e:  # e.g. a tokenizer where ' Paris' is two tokens
                 print(f"skipped {text!r} {tgt}: {e}", file=sys.stderr)
                 break

@@ -196,11 +196,11 @@ print(probe, f"| max |target − fitted logit| on 3 sentences: {gap:.2e}")
 # ## Three methods on a few puns
 # Integrated gradients (Sundararajan et al. 2017), input × gradient and attention rollout (Abnar &
 # Zuidema 2020). Rollout is layered: we read it at the probe's layer, since later layers never run
-# for this target. IG uses the midpoint rule (`rule="riemann_middle"`) from the zero embedding: on
-# SmolLM2 (no position embeddings, RMSNorm) the path starts in a region where the model is very
-# rough, and the default Gauss–Legendre nodes land inside it (see docs/smollm2.md). The printed completeness error says
-# how far IG's scores are from summing to f(x) − f(baseline) here; a large one means the IG numbers
-# below are not what IG promises. Rollout's share on the first token is printed too: a model that
+# for this target. IG runs at its defaults: the adaptive rule refines the path until the
+# completeness error is within 1% (or its budget is spent), and `baseline="auto"` replaces the zero
+# embedding by the pad token's on SmolLM2, where an all-zero input is a degenerate point (see
+# docs/smollm2.md). The printed completeness error says how far IG's scores are from summing to
+# f(x) − f(baseline) here; a large one means the IG numbers below are not what IG promises. Rollout's share on the first token is printed too: a model that
 # parks attention on its first token (an attention sink) makes rollout point there.
 
 # %%
@@ -209,7 +209,7 @@ IG_STEPS = 16 if FAST else 64
 
 
 def explain(text: str) -> dict[str, ma.Attribution]:
-    ig = ma.attribute(model, text, probe, method="integrated_gradients", n_steps=IG_STEPS, rule="riemann_middle")
+    ig = ma.attribute(model, text, probe, method="integrated_gradients", n_steps=IG_STEPS)
     ixg = ma.attribute(model, text, probe, method="input_x_gradient")
     roll = ma.attribute(model, text, probe, method="attention_rollout").at_layer(LAYER)
     return {"IG": ig, "input×grad": ixg, "rollout": roll}
