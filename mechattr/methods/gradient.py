@@ -117,7 +117,8 @@ def _adaptive_path(
     trapezoid rule's error on each interval is *known*, not estimated: err_i = (f(a_{i+1}) -
     f(a_i)) - h_i (f'(a_i) + f'(a_{i+1})) / 2, and the completeness error of the result is
     exactly sum_i err_i. Intervals are bisected, largest |err_i| first, until |sum_i err_i| <=
-    tol |f(x) - f(b)| for every target row or ``max_points`` is spent. sum_i |err_i| (the error
+    tol |f(x) - f(b)| for every target row (tol x a tenth of the range of f along the path where
+    that is larger: f(x) ~ f(b)) or ``max_points`` is spent. sum_i |err_i| (the error
     if nothing cancelled) is reported as ``error_bound``; in float32 it has a floor from rounding
     noise in f that no refinement removes, which is why it is not the stopping rule. Returns the attribution map [rows, pos(, d)] (the
     trapezoid weights applied to every point's gradient x (x - b)) and diagnostics.
@@ -129,11 +130,15 @@ def _adaptive_path(
         fp = maps.flatten(2).sum(-1).T  # [n, rows]: derivative of f along the path
         h = alphas.diff()
         err = (f[1:] - f[:-1]) - h[:, None] * (fp[:-1] + fp[1:]) / 2  # [n - 1, rows]
-        scale = (f[-1] - f[0]).abs().clamp_min(1e-6)
+        # tol is relative to |f(x) - f(b)|, except where the two ends nearly agree while f moves
+        # a lot in between: then 1% of their difference can sit below float noise, and a tenth of
+        # the range of f along the path is the scale instead.
+        span = (f.amax(0) - f.amin(0)) / 10
+        scale = torch.maximum((f[-1] - f[0]).abs(), span).clamp_min(1e-6)
         rel = err.abs() / scale  # [n - 1, rows]
-        achieved = float((err.sum(0).abs() / scale).max())  # the completeness error, exactly
+        achieved = float((err.sum(0).abs() / scale).max())  # the completeness error, exactly, / scale
         bound = float(rel.sum(0).max())  # no cancellation between intervals assumed
-        history.append({"points": int(alphas.shape[0]), "completeness": achieved, "bound": bound})
+        history.append({"points": int(alphas.shape[0]), "error": achieved, "bound": bound})
         budget = max_points - int(alphas.shape[0])
         if achieved <= tol or budget <= 0:
             break
