@@ -396,6 +396,12 @@ NOTES = [
     "has no plain saliency, so that cell is n/a.",
     "Occlusion: Inseq's occlusion replaces the token embedding by zeros rather than token id 0, so its "
     "values differ by design; mechattr, Captum and the floor replace the token by id 0.",
+    "Where mechattr's gradient time goes (`python -m benchmarks.profile_ig`, 8 steps x 20 tokens): one "
+    "forward+backward through the TransformerBridge costs 1.64x the same step on the plain Hugging Face "
+    "model with the same weights (the bridge's attention splits GPT-2's fused QKV projection into three "
+    "hooked projections and every component adds hook points), and the whole IG call 1.94x the floor "
+    "step. That bridge overhead is paid by any TransformerLens-native tool; it is why the IG ratios "
+    "against Captum and Inseq (which run the HF model) are above 1.",
     "Inseq 0.7.1 pins `typeguard<=2.13.3` while transformer-lens 4.3 needs `typeguard>=4.2`; Inseq never "
     "imports typeguard, so it is installed with `--no-deps` next to its real runtime dependencies (see "
     "benchmarks/README.md). Its `nvidia-*-cu11` requirements are CUDA wheels not needed on CPU.",
