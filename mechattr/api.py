@@ -124,7 +124,7 @@ def attribute(
     memory_mb: float = 2048.0,
     batch_size: int | None = None,
     seed: int = 0,
-    quiet: bool = True,
+    quiet: bool = False,
     **params: Any,
 ) -> Attribution | list[Attribution]:
     """Attribute a model's output on ``text`` to its input tokens.
@@ -147,6 +147,8 @@ def attribute(
         memory_mb: cap on activation memory per batch; steps are batched to fit.
         batch_size: explicit number of sequences per forward pass (overrides ``memory_mb``).
         seed: for stochastic methods and random baselines.
+        quiet: no progress bar (bars appear only for calls that need more than one batch, and
+            never under pytest or with ``MECHATTR_QUIET=1``).
         **params: the method's own parameters (``n_steps``, ``baseline``, ``reduce`` ...).
     """
     if isinstance(text, (list, tuple)):

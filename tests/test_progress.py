@@ -17,6 +17,10 @@ kw = dict(methods=["occlusion"], checks=["perturbation", "agreement"], n_random=
 ma.validate(m, ["The cat sat on the mat because it"], **kw)
 sys.stderr.write("\n@@QUIET@@\n"); sys.stderr.flush()
 ma.validate(m, ["The cat sat on the mat because it"], quiet=True, **kw)
+sys.stderr.write("\n@@IG@@\n"); sys.stderr.flush()
+ma.attribute(m, "The cat sat on the mat", " because", method="ig", n_steps=8, batch_size=2)
+sys.stderr.write("\n@@IGQUIET@@\n"); sys.stderr.flush()
+ma.attribute(m, "The cat sat on the mat", " because", method="ig", n_steps=8, batch_size=2, quiet=True)
 """
 
 
@@ -25,7 +29,11 @@ def test_bars_on_stderr_unless_quiet():
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
     out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    loud, quiet = out.stderr.split("@@QUIET@@")
+    loud, rest = out.stderr.split("@@QUIET@@")
+    quiet, rest = rest.split("@@IG@@")
+    ig_loud, ig_quiet = rest.split("@@IGQUIET@@")
+    assert "gradient points" in ig_loud  # IG's batches (batch_size=2: several)
+    assert "gradient points" not in ig_quiet and "%|" not in ig_quiet
     assert "validate" in loud  # the per-check bar
     assert "perturbation curves (prompts)" in loud
     assert "occlusion" in loud  # the method's own batch loop (batch_size=2: several batches)

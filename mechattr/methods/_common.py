@@ -12,6 +12,7 @@ from torch import Tensor
 
 from ..adapter import ModelAdapter
 from ..errors import MethodError
+from ..progress import progress
 from ..targets import Plan
 
 REDUCTIONS = ("sum", "l2", "l1")
@@ -125,7 +126,8 @@ def grad_map(
     backward each). Returns the target values at the points."""
     rows = ctx.plan.n_rows
     vals = []
-    for sl in ctx.batches(n_points):
+    chunks = list(ctx.batches(n_points))
+    for sl in progress(chunks, desc="gradient points (batches)", quiet=ctx.quiet or len(chunks) < 2):
         emb = make_points(sl).detach().clone().requires_grad_(True)
         toks = ctx.tokens.expand(emb.shape[0], -1)
         with torch.enable_grad():

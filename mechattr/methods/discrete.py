@@ -269,7 +269,7 @@ def _path_attribution(
 
     n_points = int(P.shape[0])
     n_batches = -(-n_points // ctx.max_batch())
-    points_bar = bar(total=n_points, desc="discretized IG path points", disable=n_batches < 2)
+    points_bar = bar(total=n_points, desc="discretized IG path points", quiet=ctx.quiet, disable=n_batches < 2)
 
     def per_point(sl: slice, g: Tensor) -> None:
         acc.add_(einsum(g.double(), W[sl], "r b p d, b p d -> r p d"))

@@ -46,7 +46,7 @@ def _batched_values(ctx: Context, masks: Bool[Tensor, "n pos"], rep: Replacement
     if len(chunks) == 1:
         return perturbed_values(ctx, masks, rep)
     return torch.cat(
-        [perturbed_values(ctx, masks[sl], rep) for sl in progress(chunks, desc=desc)], dim=0
+        [perturbed_values(ctx, masks[sl], rep) for sl in progress(chunks, desc=desc, quiet=ctx.quiet)], dim=0
     )
 
 

@@ -165,7 +165,7 @@ def reagent(
         return s
 
     # A bar over the probe steps (the loop may stop early once every row meets its condition).
-    steps_bar = bar(total=max_probe_steps, desc="ReAGent probe steps")
+    steps_bar = bar(total=max_probe_steps, desc="ReAGent probe steps", quiet=ctx.quiet)
     for step in range(max_probe_steps):
         steps_bar.update(1)
         # Probes: a random subset of n_rep free tokens each, replaced by fresh draws.

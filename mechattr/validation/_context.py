@@ -166,10 +166,11 @@ class VContext:
             return run_method(
                 adapter, item.plan, m.name, dict(m.params), attribute_bos=o["attribute_bos"],
                 memory_mb=o["memory_mb"], batch_size=o["batch_size"], seed=self.seed, prompt=item.prompt,
+                quiet=self.quiet,
             )
         ctx = Context(
             adapter=adapter, plan=item.plan, memory_mb=float(o["memory_mb"]), batch_size=o["batch_size"],
-            seed=self.seed, fixed=item.fixed,
+            seed=self.seed, fixed=item.fixed, quiet=self.quiet,
         )
         t0 = time.perf_counter()
         with adapter.guard():
