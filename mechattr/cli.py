@@ -65,6 +65,19 @@ def _print_table(res: Any, out: Any) -> None:
             print(f"{k}: {res.diagnostics[k]:.4g}", file=out)
 
 
+def _run_kwargs(args: argparse.Namespace) -> dict:
+    """The options `attribute` and `attribute-dataset` share, as keywords for the API call."""
+    return dict(
+        contrast=args.contrast,
+        kind=args.kind,
+        position=args.position,
+        seed=args.seed,
+        memory_mb=args.memory_mb,
+        batch_size=args.batch_size,
+        **_params(args.param),
+    )
+
+
 def cmd_attribute(args: argparse.Namespace) -> int:
     import mechattr as ma
 
@@ -74,13 +87,7 @@ def cmd_attribute(args: argparse.Namespace) -> int:
         args.text,
         _target(args),
         method=args.method,
-        contrast=args.contrast,
-        kind=args.kind,
-        position=args.position,
-        seed=args.seed,
-        memory_mb=args.memory_mb,
-        batch_size=args.batch_size,
-        **_params(args.param),
+        **_run_kwargs(args),
     )
     if args.html:
         res.to_html(args.html)
@@ -121,13 +128,7 @@ def cmd_attribute_dataset(args: argparse.Namespace) -> int:
         shard_size=args.shard_size,
         resume=not args.no_resume,
         quiet=args.quiet or args.json,
-        contrast=args.contrast,
-        kind=args.kind,
-        position=args.position,
-        seed=args.seed,
-        memory_mb=args.memory_mb,
-        batch_size=args.batch_size,
-        **_params(args.param),
+        **_run_kwargs(args),
     )
     if run.rank != 0:  # rank 0 speaks for the job; its summary counts every rank
         return EXIT_OK

@@ -176,6 +176,7 @@ def _adaptive_path(
         "history": history,
         "smallest_interval": float(h.min()),
         "alphas": [float(a) for a in alphas],
+        "f_ends": (f[-1], f[0]),  # f(x), f(b): the path's end points, already computed
     }
     return acc, diag
 
@@ -260,8 +261,12 @@ def integrated_gradients(
     per_token = acc if adaptive and reduce == "sum" else reduce_hidden(acc, reduce)
     scores = mask_fixed(ctx, per_token).to(x.dtype)
     attr_sum = acc.sum(-1) if adaptive and reduce == "sum" else acc.sum(dim=(-1, -2))
-    ends = ctx.values(torch.cat([x[None], B]))  # f(x) and f(baselines) in one batched pass
-    f_x, f_b = ends[0], ends[1:].mean(0)
+    if adaptive:  # the adaptive grid holds alpha = 1 and 0 already
+        f_x = runs[0][1]["f_ends"][0].to(x.dtype)
+        f_b = torch.stack([d["f_ends"][1] for _, d in runs]).mean(0).to(x.dtype)
+    else:
+        ends = ctx.values(torch.cat([x[None], B]))  # f(x) and f(baselines) in one batched pass
+        f_x, f_b = ends[0], ends[1:].mean(0)
     diag = completeness(attr_sum, f_x, f_b)
     diag.update(extra)
     diag["batch_size"] = ctx.max_batch()
