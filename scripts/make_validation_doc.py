@@ -2,13 +2,16 @@
 (falls back to the tiny random model, and says so, when SmolLM2 cannot be loaded) and on the zoo.
 
     python scripts/make_validation_doc.py [--out docs/validation.md] [--methods a b ...]
-        [--prompts N] [--stride S] [--zoo agreement recall] [--skip-smollm] [--quick]
+        [--prompts N] [--stride S] [--zoo agreement recall] [--skip-smollm] [--quick] [--merge]
+        [--threads T]
 
 ``--quick`` (a CPU run of about 20 minutes): no sampling/exhaustive perturbation methods and no
 discretized IG (a kNN graph over SmolLM2's 49k-token vocabulary), fewer IG/SmoothGrad/GradientSHAP
 samples, the cascading randomization schedule only, and a smaller ROAR-lite set. The doc
 records the settings it was produced with. The doc is rewritten after every section, so an
-interrupted run still leaves the finished sections.
+interrupted run still leaves the finished sections. ``--merge`` keeps the sections of an existing
+doc that this run does not recompute (e.g. ``--skip-smollm`` in one process and ``--zoo`` with no
+task in another, each pinned to its own core); every section records the settings it was made with.
 
 Numbers are whatever they turn out to be; the script never edits them.
 """
@@ -23,9 +26,10 @@ from pathlib import Path
 
 import mechattr as ma
 
+# At most 12 tokens each, so exact Shapley values (2^n forward passes) are computable on them.
 LM_PROMPTS = [
     "The capital of France is",
-    "When Mary and John went to the store, John gave a drink to",
+    "Mary and John went out, and John gave a drink to",
     "The keys to the old cabinet",
     "One, two, three, four,",
 ]
@@ -79,6 +83,35 @@ def section(title: str, rep: ma.ValidationReport, note: str = "") -> str:
     return "\n".join(lines)
 
 
+def _commit() -> str:
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "mechattr"], capture_output=True, text=True).stdout
+        return out.stdout.strip() + (" (mechattr/ modified)" if dirty.strip() else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def old_sections(path: Path) -> dict[str, str]:
+    """The sections of an existing doc, keyed as :func:`main` keys them ("lm", "zoo:<task>")."""
+    if not path.exists():
+        return {}
+    out: dict[str, str] = {}
+    key = None
+    for line in path.read_text().splitlines():
+        if line.startswith("## "):
+            title = line[3:].strip()
+            key = title if title.startswith("zoo:") else "lm"
+            out[key] = ""
+        elif line.startswith("_Generated in") or line.startswith("_Run in progress"):
+            key = None
+        if key is not None:
+            out[key] += line + "\n"
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, default=Path("docs/validation.md"))
@@ -88,7 +121,13 @@ def main() -> None:
     p.add_argument("--zoo", nargs="*", default=["agreement", "recall"])
     p.add_argument("--skip-smollm", action="store_true")
     p.add_argument("--quick", action="store_true", help="fewer/cheaper methods and samples (see the docstring)")
+    p.add_argument("--merge", action="store_true", help="keep the existing doc's sections this run does not recompute")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     a = p.parse_args()
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
     t0 = time.time()
     methods = method_list(a.methods, a.quick)
     method_params = {k: v for k, v in QUICK_PARAMS.items() if k in methods} if a.quick else {}
@@ -99,6 +138,7 @@ def main() -> None:
         "randomization": list(schedules), "randomization_stride (SmolLM2)": a.stride, "n_random": 5,
         "roar_k": 1, "roar_config": roar_config or "defaults", "seed": 0, "quick": a.quick,
         "command": "python scripts/make_validation_doc.py " + " ".join(sys.argv[1:]),
+        "mechattr_commit": _commit(),
     }
     parts = [
         "# Validation numbers",
@@ -120,21 +160,24 @@ def main() -> None:
         "",
         "The frequency baseline ranks tokens rarest-first by token id (BPE merge-rank proxy).",
         "",
-        "Settings of this run (shared 2-core CPU machine):",
-        "",
-        "```json",
-        json.dumps(settings, indent=2),
-        "```",
+        "Each section lists the settings it was computed with (a 2-core CPU machine).",
         "",
     ]
+    import torch
 
-    sections: dict[str, str] = {}  # the LM first in the doc; computed last (the zoo is cheaper)
+    settings["torch_threads"] = torch.get_num_threads()
+    settings_md = "Settings:\n\n```json\n" + json.dumps(settings, indent=2) + "\n```\n"
+
+    # the LM first in the doc; computed last (the zoo is cheaper)
+    sections: dict[str, str] = {}
 
     def write(done: bool) -> None:
-        tail = [f"_Generated in {time.time() - t0:.0f} s._\n"] if done else ["_Run in progress or interrupted: sections above are complete._\n"]
-        order = sorted(sections, key=lambda k: not k.startswith("lm"))
+        tail = [f"_The last run took {time.time() - t0:.0f} s._\n"] if done else ["_Run in progress or interrupted: sections above are complete._\n"]
+        # --merge re-reads the doc at every write, so two runs writing to it in turn keep each other's sections
+        merged = {**(old_sections(a.out) if a.merge else {}), **sections}
+        order = sorted(merged, key=lambda k: (not k.startswith("lm"), k))
         a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text("\n".join(parts + [sections[k] for k in order] + tail))
+        a.out.write_text("\n".join(parts + [merged[k].rstrip("\n") + "\n" for k in order] + tail))
 
     from mechattr.zoo.tasks import get_task
 
@@ -146,7 +189,7 @@ def main() -> None:
             n_random=5, roar_k=1, roar_config=roar_config or None, randomization=schedules,
             method_params=method_params,
         )
-        sections[f"zoo:{task}"] = section(f"zoo:{task}", rep, "Target: the model's own prediction (greedy next token).")
+        sections[f"zoo:{task}"] = section(f"zoo:{task}", rep, "Target: the model's own prediction (greedy next token).") + settings_md
         write(False)
         print(f"zoo:{task} done at {time.time() - t0:.0f} s", flush=True)
 
@@ -163,7 +206,7 @@ def main() -> None:
             lm, LM_PROMPTS[: a.prompts], methods=methods, checks="all", seed=0,
             randomization_stride=a.stride, randomization=schedules, n_random=5, method_params=method_params,
         )
-        sections["lm"] = section(name, rep, note)
+        sections["lm"] = section(name, rep, note) + settings_md
         write(False)
         print(f"{name} done at {time.time() - t0:.0f} s", flush=True)
     write(True)
