@@ -70,6 +70,11 @@ class ModelState:
             requires_grad=[(p, p.requires_grad) for p in model.parameters()],
         )
 
+    def set_eval(self) -> None:
+        """``model.eval()`` over the captured modules (one flat loop instead of a recursion)."""
+        for m, _ in self.training:
+            m.training = False
+
     def restore(self) -> None:
         for m, t in self.training:
             m.training = t
@@ -87,6 +92,11 @@ class ModelAdapter:
     prepend_bos: bool | None = None
     kind: str = field(init=False)
     _fast_logits_ok: bool | None = field(default=None, init=False, repr=False)
+    _guard_depth: int = field(default=0, init=False, repr=False)
+    _fast: Any = field(default=None, init=False, repr=False)
+    _fast_key: Any = field(default=None, init=False, repr=False)
+    _fast_in_guard: Any = field(default=False, init=False, repr=False)  # False: not yet checked
+    _hooks_active: int = field(default=0, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.kind = model_kind(self.model)
@@ -239,6 +249,7 @@ class ModelAdapter:
         bwd_hooks: Sequence[tuple[str | Callable, Callable]] = (),
     ) -> Iterator[Any]:
         """Add hooks for the duration of a block; they are removed also when the block raises."""
+        self._hooks_active += 1
         try:
             with self.model.hooks(fwd_hooks=list(fwd_hooks), bwd_hooks=list(bwd_hooks)):
                 yield self.model
@@ -247,15 +258,33 @@ class ModelAdapter:
             raise HookError(
                 f"The model has no hook {missing!r}.{suggest(missing, self.hook_names())}"
             ) from e
+        finally:
+            self._hooks_active -= 1
 
     @contextlib.contextmanager
     def guard(self) -> Iterator[None]:
-        """Run in eval mode and give the model back exactly as it came (mode, grad flags, no hooks)."""
+        """Run in eval mode and give the model back exactly as it came (mode, grad flags, no hooks).
+
+        Re-entrant: a guard inside a guard on the same adapter re-asserts eval mode only (the
+        outermost one captures and restores), so nested library calls do not pay for a second
+        walk over every module."""
+        if self._guard_depth:
+            self._guard_depth += 1
+            try:
+                if self.model.training:  # something inside switched it back on
+                    self.model.eval()
+                yield
+            finally:
+                self._guard_depth -= 1
+            return
         state = ModelState.capture(self.model)
+        self._guard_depth = 1
         try:
-            self.model.eval()
+            state.set_eval()
             yield
         finally:
+            self._guard_depth = 0
+            self._fast_in_guard = False
             state.restore()
 
     # ----- forward passes ----------------------------------------------------------------------
@@ -319,15 +348,59 @@ class ModelAdapter:
             )
         return self._fast_logits_ok
 
+    def fast_path(self) -> Any:
+        """The hook-free Hugging Face forward sharing this bridge's weights
+        (:mod:`mechattr.fastpath`), or None where it does not apply or failed its self-check.
+
+        Not used while a hook point or a module carries a hook that is not the libraries' own, so
+        hooks a user added keep applying; rebuilt and re-checked when the model's parameter
+        objects change."""
+        from . import fastpath
+
+        if self.kind != "bridge" or self._hooks_active or not fastpath.enabled():
+            return None
+        # Inside a guard only mechattr runs the model and its hooks go through self.hooks
+        # (counted above): the scan over every module is done once per guarded call.
+        if self._guard_depth and self._fast_in_guard is not False:
+            return self._fast_in_guard
+        fp = self._fast_path_scan()
+        if self._guard_depth:
+            self._fast_in_guard = fp
+        return fp
+
+    def _fast_path_scan(self) -> Any:
+        from . import fastpath
+
+        blocked, internal = fastpath.hook_state(self.model)
+        if blocked:
+            return None
+        key = fastpath.fingerprint(self.model, internal)
+        if self._fast_key != key:
+            fp = fastpath.FastPath.build(self.model)
+            if fp is not None:
+                with self.guard():
+                    ok = fastpath.self_check(fp, self)
+                fp = fp if ok else None
+            # the self-check's forwards may have wired the bridge's own hooks: key after it
+            self._fast_key = fastpath.fingerprint(self.model, fastpath.hook_state(self.model)[1])
+            self._fast = fp
+        return self._fast
+
     def logits(
         self,
         tokens: Int[Tensor, "batch pos"],
         embed: Float[Tensor, "batch pos d_model"] | None = None,
         positions: Sequence[int] | None = None,
         fwd_hooks: Sequence[tuple[str, Callable]] = (),
+        _fast: bool = True,
     ) -> Float[Tensor, "batch k vocab"]:
         """Logits at ``positions`` only (all positions when None) — the unembedding of a
-        50k vocabulary is skipped where no target reads it."""
+        50k vocabulary is skipped where no target reads it. Without hooks, a bridge runs its
+        own weights through the plain Hugging Face forward (:meth:`fast_path`)."""
+        if _fast and not fwd_hooks:
+            fp = self.fast_path()
+            if fp is not None:
+                return fp.logits(tokens, embed=embed, positions=positions)
         # The fast path applies ln_final/unembed outside the hooks context: hooks on them
         # (e.g. a frozen final-norm scale) need the full forward.
         touches_head = any(

@@ -163,10 +163,12 @@ def attribute(
             for t in text
         ]
     check_params(get_method(method), params)
-    adapter, plan, prompt = resolve(
-        model, text, target, contrast=contrast, kind=kind, position=position, prepend_bos=prepend_bos
-    )
-    return run_method(
-        adapter, plan, method, params, attribute_bos=attribute_bos, memory_mb=memory_mb,
-        batch_size=batch_size, seed=seed, quiet=quiet, prompt=prompt,
-    )
+    adapter = as_adapter(model, prepend_bos)
+    with adapter.guard():  # one capture/restore of the model's state for the whole call
+        adapter, plan, prompt = resolve(
+            adapter, text, target, contrast=contrast, kind=kind, position=position, prepend_bos=prepend_bos
+        )
+        return run_method(
+            adapter, plan, method, params, attribute_bos=attribute_bos, memory_mb=memory_mb,
+            batch_size=batch_size, seed=seed, quiet=quiet, prompt=prompt,
+        )

@@ -179,3 +179,27 @@ def test_requires_grad_flags_restored(tiny_model):
             ma.attribute(tiny_model, PROMPT, " Paris", method="saliency")
     finally:
         params[0].requires_grad_(True)
+
+
+def test_nested_guards_restore_once_at_the_outermost(tiny_model):
+    """Guards nest (a library call inside a library call): only the outermost one captures and
+    restores, inner ones keep eval mode; a failure inside still gives the model back unchanged."""
+    a = ma.as_adapter(tiny_model)
+    tiny_model.train()
+    try:
+        with model_unchanged(tiny_model):
+            with a.guard():
+                assert not any(m.training for m in tiny_model.modules())
+                with a.guard():
+                    tiny_model.train()  # something inside switches training on ...
+                    with a.guard():  # ... the next inner guard switches it off again
+                        assert not tiny_model.training
+                assert not tiny_model.training
+            assert all(m.training for m in tiny_model.modules())
+            with pytest.raises(Boom):
+                with a.guard():
+                    with a.guard():
+                        raise Boom("inner")
+            assert a._guard_depth == 0
+    finally:
+        tiny_model.eval()

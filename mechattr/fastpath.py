@@ -1,0 +1,197 @@
+"""A hook-free forward for TransformerBridge models: the model's own Hugging Face weights run
+through a plain Hugging Face module tree.
+
+Why: a TransformerBridge replaces the Hugging Face modules inside ``model.original_model`` with
+bridge components that add hook points and, for some architectures, split fused projections
+(GPT-2's QKV) into separate hooked ones. A forward+backward through the bridge costs about 1.6x
+the same step on the plain Hugging Face model (``benchmarks/profile_ig.py``). Most attribution
+work (every gradient method, every perturbation forward) needs no hook except the token-embedding
+replacement, which Hugging Face models take natively as ``inputs_embeds``.
+
+How: :meth:`FastPath.build` instantiates the Hugging Face model class on the meta device (no
+memory, no weight init) and points every parameter and buffer at the *same* tensor objects as the
+bridge's original model (unwrapping bridge components to the Hugging Face modules they wrap). No
+weight is copied, so later in-place changes to the weights (randomization checks, fine-tuning) are
+seen by both. The user's model is not modified.
+
+When it is used: only through :meth:`mechattr.adapter.ModelAdapter.logits` with no mechattr hooks,
+when no hook point carries a hook and no module a hook that is not the libraries' own (a user's
+permanent hook must keep applying), and after a self-check: logits of the fast path equal the bridge's logits, on the real token
+embedding and on a perturbed one, for this model (re-done when the model's parameter objects
+or hooks change). Anything else (TL 3 ``HookedTransformer``, models whose class cannot be built on the meta
+device, a failed self-check) runs through the bridge as before. ``MECHATTR_FAST_PATH=0`` turns it
+off.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+
+def enabled() -> bool:
+    return os.environ.get("MECHATTR_FAST_PATH", "1").strip().lower() not in {"0", "false", "no", "off"}
+
+
+def _unwrap(m: Any) -> Any:
+    """The Hugging Face module a bridge component wraps (the module itself when it wraps none)."""
+    seen = 0
+    while isinstance(m, torch.nn.Module) and "_original_component" in m._modules and seen < 8:
+        inner = m._modules["_original_component"]
+        if inner is None or inner is m:
+            break
+        m = inner
+        seen += 1
+    return m
+
+
+def _resolve(root: torch.nn.Module, path: str) -> Any:
+    m: Any = root
+    for part in path.split(".") if path else []:
+        m = _unwrap(m)
+        m = getattr(m, part)
+    return _unwrap(m)
+
+
+_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+_LIBRARY = ("transformer_lens.", "transformers.")
+
+
+def _is_library_hook(fn: Any) -> bool:
+    f = getattr(fn, "func", fn)  # functools.partial
+    f = getattr(f, "__func__", f)  # bound method
+    return str(getattr(f, "__module__", "") or "").startswith(_LIBRARY)
+
+
+def hook_state(model: torch.nn.Module) -> tuple[bool, frozenset]:
+    """(blocked, internal): ``blocked`` when a hook point carries any hook (TransformerLens's way
+    of adding hooks) or any other module carries a hook that is not TransformerLens's or Hugging
+    Face's own (a user's ``register_forward_hook``); ``internal`` identifies the library's own
+    hooks (the bridge wires some into the wrapped modules on its first forward)."""
+    internal = set()
+    for m in model.modules():
+        is_hook_point = type(m).__name__ == "HookPoint"
+        for d in _HOOK_DICTS:
+            hooks = getattr(m, d, None)
+            if not hooks:
+                continue
+            if is_hook_point:
+                return True, frozenset()
+            for k, fn in hooks.items():
+                if not _is_library_hook(fn):
+                    return True, frozenset()
+                internal.add((id(m), d, k))
+    return False, frozenset(internal)
+
+
+def fingerprint(model: torch.nn.Module, internal_hooks: frozenset) -> tuple:
+    """Changes when a parameter or buffer object of the model is replaced or the library's own
+    hooks change (in-place weight edits are shared with the fast path and need no rebuild)."""
+    return (
+        tuple(id(p) for p in model.parameters()),
+        tuple(id(b) for b in model.buffers()),
+        getattr(model, "compatibility_mode", None),
+        internal_hooks,
+    )
+
+
+class FastPath:
+    """Plain Hugging Face forward sharing the weights of a TransformerBridge."""
+
+    def __init__(self, hf: torch.nn.Module) -> None:
+        self.hf = hf
+        self.base = hf.base_model
+        self.head = hf.get_output_embeddings()
+        self.embedding = hf.get_input_embeddings()
+
+    @classmethod
+    def build(cls, model: Any) -> "FastPath | None":
+        """A fast path sharing ``model``'s weights, or None when the model is not a bridge over a
+        Hugging Face model or its class cannot be rebuilt around those weights."""
+        om = getattr(model, "original_model", None)
+        try:
+            from transformers import PreTrainedModel
+        except ImportError:  # pragma: no cover - TL always installs transformers
+            return None
+        if not isinstance(om, PreTrainedModel):
+            return None
+        try:
+            with torch.device("meta"):
+                hf = type(om)(copy.deepcopy(om.config))
+        except Exception:
+            return None
+        try:
+            for name, mod in hf.named_modules(remove_duplicate=False):
+                src = _resolve(om, name)
+                if not isinstance(src, torch.nn.Module):
+                    return None
+                for pname in list(mod._parameters):
+                    if mod._parameters[pname] is None:
+                        continue
+                    p = getattr(src, pname, None)
+                    if not isinstance(p, torch.nn.Parameter):
+                        return None
+                    mod._parameters[pname] = p
+                for bname in list(mod._buffers):
+                    if mod._buffers[bname] is None:
+                        continue
+                    b = getattr(src, bname, None)
+                    if not isinstance(b, Tensor):
+                        return None
+                    mod._buffers[bname] = b
+                # Rotary embeddings etc. keep tensors as plain attributes on some versions.
+        except (AttributeError, TypeError):
+            return None
+        if any(t.is_meta for t in list(hf.parameters()) + list(hf.buffers())):
+            return None
+        hf.eval()
+        try:
+            fp = cls(hf)
+        except Exception:
+            return None
+        return fp
+
+    def logits(
+        self,
+        tokens: Tensor,
+        embed: Tensor | None = None,
+        positions: Sequence[int] | None = None,
+    ) -> Tensor:
+        if embed is None:
+            out = self.base(input_ids=tokens, use_cache=False, return_dict=True)
+        else:
+            out = self.base(inputs_embeds=embed, use_cache=False, return_dict=True)
+        h = out.last_hidden_state
+        if positions is not None:
+            h = h[:, list(positions)]
+        return self.head(h)
+
+
+def self_check(fp: FastPath, adapter: Any) -> bool:
+    """Whether ``fp`` reproduces the bridge's logits for ``adapter``'s model, on the real token
+    embedding and on a perturbed one (so that the meaning of the embedding hook is checked too)."""
+    toks = adapter.tokenize("The quick brown fox jumps")
+    with torch.no_grad():
+        ref = adapter.logits(toks, _fast=False)
+        mine = fp.logits(toks)
+        if ref.shape != mine.shape or not _close(ref, mine):
+            return False
+        emb = adapter.embed(toks)
+        g = torch.Generator(device="cpu").manual_seed(0)
+        noise = torch.randn(emb.shape, generator=g).to(emb) * emb.float().std().to(emb.dtype)
+        pert = 0.5 * emb + noise
+        ref = adapter.logits(toks, embed=pert, positions=[toks.shape[1] - 1], _fast=False)
+        mine = fp.logits(toks, embed=pert, positions=[toks.shape[1] - 1])
+        return ref.shape == mine.shape and _close(ref, mine)
+
+
+def _close(a: Tensor, b: Tensor) -> bool:
+    if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
+        return False
+    scale = max(1.0, float(a.abs().max()))
+    tol = 1e-4 if a.dtype in (torch.float32, torch.float64) else 2e-2
+    return bool(((a.float() - b.float()).abs().max()) <= tol * scale)
