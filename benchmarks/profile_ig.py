@@ -6,8 +6,10 @@ Each round times (interleaved, medians reported):
   hf_fwd          HF GPT-2 forward, no grad, all logits           (what a peer pays per forward)
   tl_fwd          the TransformerBridge forward, no grad, all logits
   hf_fwdbwd       floor step: HF body forward with grad + logits at one position + backward
-  tl_fwdbwd       the same through the bridge: adapter.run_until(final resid) + ln_final/unembed
-                  at one position + backward (what mechattr's grad_map does per batch)
+  tl_fwdbwd       the same as mechattr's grad_map runs it (plan.evaluate: the bridge's fast path,
+                  mechattr.fastpath, when no hook is attached) + backward
+  bridge_fwdbwd   the same with the fast path off (adapter.run_until(final resid) through the
+                  TransformerBridge + ln_final/unembed at one position) + backward
   values          mechattr's two no-grad target evaluations for completeness (f(x), f(baseline))
   ig_call         the whole ma.attribute(..., method="integrated_gradients") call
 """
@@ -63,6 +65,13 @@ def main() -> None:
 
     x_tl = adapter.embed(toks)
 
+    def bridge_fwdbwd() -> None:
+        with adapter.guard():
+            emb = x_tl.expand(S, -1, -1).clone().requires_grad_(True)
+            lg = adapter.logits(toks.expand(S, -1), embed=emb, positions=[pos], _fast=False)
+            v = lg.log_softmax(-1)[:, 0, cont[0]]
+            torch.autograd.grad(v.sum(), emb)
+
     def tl_fwdbwd() -> None:
         with adapter.guard():
             emb = x_tl.expand(S, -1, -1).clone().requires_grad_(True)
@@ -82,7 +91,7 @@ def main() -> None:
         floor.ig(job)
 
     parts = {"hf_fwd": hf_fwd, "tl_fwd": tl_fwd, "hf_fwdbwd": hf_fwdbwd, "tl_fwdbwd": tl_fwdbwd,
-             "values": values, "ig_call": ig_call, "floor_ig": floor_ig}
+             "bridge_fwdbwd": bridge_fwdbwd, "values": values, "ig_call": ig_call, "floor_ig": floor_ig}
     for f in parts.values():
         f()
     times: dict[str, list[float]] = {k: [] for k in parts}

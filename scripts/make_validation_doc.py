@@ -26,12 +26,13 @@ from pathlib import Path
 
 import mechattr as ma
 
-# At most 12 tokens each, so exact Shapley values (2^n forward passes) are computable on them.
+# Short prompts first: exact Shapley values cost 2^n forward passes per model state (the
+# randomization check re-runs every method on up to 7 states); the default 3 prompts are <= 8 tokens.
 LM_PROMPTS = [
     "The capital of France is",
-    "Mary and John went out, and John gave a drink to",
     "The keys to the old cabinet",
     "One, two, three, four,",
+    "Mary and John went out, and John gave a drink to",
 ]
 # Methods too slow for a CPU run on a 135M model with many prompts and randomization steps.
 SLOW = {"shapley", "kernel_shap", "lime", "shapley_sampling", "reagent",
@@ -61,6 +62,22 @@ def section(title: str, rep: ma.ValidationReport, note: str = "") -> str:
         "Criteria: " + "; ".join(f"**{k}**: {v}" for k, v in rep.criteria().items()),
         "",
     ]
+    if "completeness" in rep.checks and not rep.checks["completeness"].unavailable:
+        c = rep.checks["completeness"]
+        fails = [lab for lab, v in c.verdicts.items() if v.passed is False]
+        if fails:
+            lines += ["Completeness failures, worst prompt (a relative error is large where f(x) ≈ f(b), "
+                      "i.e. the baseline already gives nearly the same output, even when the absolute error is small):", ""]
+        for lab in fails:
+            rel = [r for r in c.records if r["method"] == lab and r["metric"] == "rel_error"]
+            w = max(rel, key=lambda r: r["value"])
+            ab = next(r["value"] for r in c.records if r["method"] == lab and r["metric"] == "abs_error"
+                      and r.get("prompt") == w.get("prompt") and r.get("row") == w.get("row"))
+            delta = ab / w["value"] if w["value"] else float("nan")
+            lines.append(f"- `{lab}`, prompt {w.get('prompt')}: |f(x) − f(b)| = {delta:.3g}, "
+                         f"|Σ scores − (f(x) − f(b))| = {ab:.3g}, relative {w['value']:.3g}.")
+        if fails:
+            lines.append("")
     if "perturbation" in rep.checks and not rep.checks["perturbation"].unavailable:
         s = rep.checks["perturbation"].data["summary"]
         keys = ["aopc", "deletion_auc_norm", "insertion_auc_norm", "comprehensiveness", "sufficiency"]
