@@ -302,13 +302,14 @@ def fmt(x: float | None, spec: str = ".2f") -> str:
     return "–" if x is None or (isinstance(x, float) and np.isnan(x)) else format(x, spec)
 
 
-def report(cases: list[Case], s: Settings, quick: bool, flow: str | None, notes: list[str]) -> str:
+def report(cases: list[Case], s: Settings, quick: bool, flow: str | None, notes: list[str],
+           date: str | None = None, machine_desc: str | None = None) -> str:
     L = []
     L.append("# Performance\n")
     L.append("Written by `python -m benchmarks.run" + (" --quick" if quick else "") + "` — do not edit by hand; "
              "rerun the benchmark instead.\n")
-    L.append(f"- Date: {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}")
-    L.append(f"- Machine: {machine()}")
+    L.append(f"- Date: {date or datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}")
+    L.append(f"- Machine: {machine_desc or machine()}")
     L.append("- Versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()))
     L.append(f"- Settings: {'--quick' if quick else 'full'}: {s.n_steps} IG steps, {s.prompt}-token prompt "
              f"(BOS included), continuation of {s.cont} tokens, long prompt {s.long} tokens, "
@@ -396,12 +397,20 @@ NOTES = [
     "has no plain saliency, so that cell is n/a.",
     "Occlusion: Inseq's occlusion replaces the token embedding by zeros rather than token id 0, so its "
     "values differ by design; mechattr, Captum and the floor replace the token by id 0.",
-    "Where mechattr's gradient time goes (`python -m benchmarks.profile_ig`, 8 steps x 20 tokens): one "
-    "forward+backward through the TransformerBridge costs 1.64x the same step on the plain Hugging Face "
-    "model with the same weights (the bridge's attention splits GPT-2's fused QKV projection into three "
-    "hooked projections and every component adds hook points), and the whole IG call 1.94x the floor "
-    "step. That bridge overhead is paid by any TransformerLens-native tool; it is why the IG ratios "
-    "against Captum and Inseq (which run the HF model) are above 1.",
+    "Where mechattr's gradient time goes (`python -m benchmarks.profile_ig --threads 1 --steps 16`, 20 tokens, "
+    "one core, 2026-11-30): one forward+backward as mechattr runs it costs 1.02x the same step on the plain "
+    "Hugging Face model, 1.05x with the bridge fast path off (`MECHATTR_FAST_PATH=0`: the TransformerBridge's "
+    "hooked components), and the whole IG call 1.10x the floor; the rest is the two no-grad target evaluations "
+    "f(x), f(b) that the completeness diagnostics need (0.15x of a 16-step batch, about 5% at 50 steps). An earlier "
+    "1.64x figure for the bridge was measured on a loaded machine.",
+    "Why IG cannot reach 0.7x the best peer here: Captum and Inseq run the same Hugging Face forward and "
+    "backward as the floor, and their IG time is within a few percent of the floor's (table above). The "
+    "floor does the least arithmetic that gives these numbers (every step needs the full forward and a "
+    "backward to the embeddings; only the unembedding is already restricted to the read position), so "
+    "0.7x the peers would mean doing 30% less than that minimum. Work that could legitimately be skipped "
+    "(the BOS position, the last layer's non-read positions) is under 15% of a step. mechattr's wins are "
+    "where the peers repeat work: several target tokens share one forward per step (forced continuation) "
+    "and occlusion batches its perturbed inputs.",
     "Inseq 0.7.1 pins `typeguard<=2.13.3` while transformer-lens 4.3 needs `typeguard>=4.2`; Inseq never "
     "imports typeguard, so it is installed with `--no-deps` next to its real runtime dependencies (see "
     "benchmarks/README.md). Its `nvidia-*-cu11` requirements are CUDA wheels not needed on CPU.",
@@ -427,11 +436,23 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-memory", action="store_true", help="skip the per-tool memory subprocesses")
     ap.add_argument("--no-flow", action="store_true", help="skip benchmarks/bench_flow.py")
     ap.add_argument("--out", default=str(ROOT / "docs" / "performance.md"), help="'-' to skip writing")
+    ap.add_argument("--render", default=None, metavar="PKL",
+                    help="re-render the report from a saved run (its raw results) without measuring")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--case", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.child:
         child(a.child, a.case, a.quick, a.threads)
+        return
+    if a.render:
+        import pickle
+
+        raw = pickle.loads(Path(a.render).read_bytes())
+        text = report(raw["cases"], raw["settings"], raw["quick"], raw["flow"], NOTES + raw["extra_notes"],
+                      date=raw["date"], machine_desc=raw["machine"])
+        print(text)
+        if a.out != "-":
+            Path(a.out).write_text(text + "\n")
         return
     torch.set_num_threads(a.threads)
     s = QUICK if a.quick else FULL
@@ -445,6 +466,7 @@ def main(argv: list[str] | None = None) -> None:
     only = set(a.cases.split(",")) if a.cases else None
     cases = make_cases(mdir, s, only)
     wanted = a.tools.split(",")
+    n_notes = len(NOTES)
     tools: dict[str, Any] = {}
     for name in wanted:
         try:
@@ -466,6 +488,14 @@ def main(argv: list[str] | None = None) -> None:
     flow = None if a.no_flow or (only and "flow" not in only) else flow_output(a.quick)
     text = report(cases, s, a.quick, flow, NOTES)
     print("\n" + text)
+    import pickle
+
+    raw_path = model_dir().parent / ("last_run_quick.pkl" if a.quick else "last_run.pkl")
+    raw_path.write_bytes(pickle.dumps({"cases": cases, "settings": s, "quick": a.quick, "flow": flow,
+                                       "extra_notes": NOTES[n_notes:],
+                                       "date": datetime.datetime.now().strftime('%Y-%m-%d %H:%M'),
+                                       "machine": machine()}))
+    log(f"raw results: {raw_path} (python -m benchmarks.run --render {raw_path})")
     if a.out != "-":
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(text + "\n")
