@@ -119,6 +119,12 @@ class FastPath:
             return None
         if not isinstance(om, PreTrainedModel):
             return None
+        # Multi-device placements (device_map / accelerate's dispatch hooks, which patch forward
+        # methods rather than registering torch hooks) stay on the bridge.
+        if getattr(om, "hf_device_map", None) or any(hasattr(m, "_hf_hook") for m in om.modules()):
+            return None
+        if len({t.device for t in om.parameters()}) > 1:
+            return None
         try:
             with torch.device("meta"):
                 hf = type(om)(copy.deepcopy(om.config))
@@ -174,6 +180,13 @@ class FastPath:
 def self_check(fp: FastPath, adapter: Any) -> bool:
     """Whether ``fp`` reproduces the bridge's logits for ``adapter``'s model, on the real token
     embedding and on a perturbed one (so that the meaning of the embedding hook is checked too)."""
+    try:
+        return _self_check(fp, adapter)
+    except Exception:  # any failure of the plain forward means: use the bridge
+        return False
+
+
+def _self_check(fp: FastPath, adapter: Any) -> bool:
     toks = adapter.tokenize("The quick brown fox jumps")
     with torch.no_grad():
         ref = adapter.logits(toks, _fast=False)

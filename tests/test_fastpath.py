@@ -133,3 +133,20 @@ def test_not_for_hooked_transformer_or_hooks_inside_a_call(tiny_model):
     with a.hooks(fwd_hooks=[("blocks.0.hook_resid_pre", lambda x, hook: x)]):
         assert a.fast_path() is None
     assert a.fast_path() is not None
+
+
+def test_multi_device_placements_and_failing_forwards_stay_on_the_bridge(bridge, monkeypatch):
+    a = ma.as_adapter(bridge)
+    om = bridge.original_model
+    monkeypatch.setattr(om, "hf_device_map", {"transformer.h.0": 0, "transformer.h.1": 1}, raising=False)
+    assert fastpath.FastPath.build(bridge) is None
+    monkeypatch.delattr(om, "hf_device_map")
+    assert fastpath.FastPath.build(bridge) is not None
+
+    def broken(self, *args, **kw):
+        raise RuntimeError("Expected all tensors to be on the same device")
+
+    monkeypatch.setattr(fastpath.FastPath, "logits", broken)
+    assert a.fast_path() is None  # the self-check failed quietly; the bridge does the work
+    toks = a.tokenize(PROMPT)
+    assert torch.allclose(a.logits(toks)[0], bridge(toks)[0], atol=1e-5)
