@@ -287,6 +287,23 @@ class ModelAdapter:
             self._fast_in_guard = False
             state.restore()
 
+    @contextlib.contextmanager
+    def frozen_weights(self) -> Iterator[None]:
+        """No parameter requires grad inside the block (restored after, also on failure).
+
+        For passes that differentiate with respect to inputs only: a backward that never has to
+        consider weight gradients is about 7% faster (forced continuation with 10 target rows on
+        the benchmarks model). Not used where a tool builds its graph from the weights
+        (TransformerLens's own attribution patching)."""
+        thawed = [p for p in self.model.parameters() if p.requires_grad]
+        try:
+            for p in thawed:
+                p.requires_grad_(False)
+            yield
+        finally:
+            for p in thawed:
+                p.requires_grad_(True)
+
     # ----- forward passes ----------------------------------------------------------------------
     def run_until(
         self,

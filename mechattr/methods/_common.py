@@ -130,7 +130,7 @@ def grad_map(
     for sl in progress(chunks, desc="gradient points (batches)", quiet=ctx.quiet or len(chunks) < 2):
         emb = make_points(sl).detach().clone().requires_grad_(True)
         toks = ctx.tokens.expand(emb.shape[0], -1)
-        with torch.enable_grad():
+        with torch.enable_grad(), ctx.adapter.frozen_weights():
             v = ctx.plan.evaluate(ctx.adapter, toks, emb)
             grads = []
             for r in range(rows):
