@@ -66,8 +66,9 @@ def section(title: str, rep: ma.ValidationReport, note: str = "") -> str:
         c = rep.checks["completeness"]
         fails = [lab for lab, v in c.verdicts.items() if v.passed is False]
         if fails:
-            lines += ["Completeness failures, worst prompt (a relative error is large where f(x) ≈ f(b), "
-                      "i.e. the baseline already gives nearly the same output, even when the absolute error is small):", ""]
+            lines += ["Completeness failures, worst prompt, with |f(x) − f(b)| and the absolute error (a large "
+                      "relative error over a tiny |f(x) − f(b)|, where the baseline already gives nearly the same "
+                      "output, is an ill-conditioned check rather than a large error):", ""]
         for lab in fails:
             rel = [r for r in c.records if r["method"] == lab and r["metric"] == "rel_error"]
             w = max(rel, key=lambda r: r["value"])
@@ -183,7 +184,7 @@ def main() -> None:
     import torch
 
     settings["torch_threads"] = torch.get_num_threads()
-    settings_md = "Settings:\n\n```json\n" + json.dumps(settings, indent=2) + "\n```\n"
+    settings_md = "\nSettings:\n\n```json\n" + json.dumps(settings, indent=2) + "\n```\n"
 
     # the LM first in the doc; computed last (the zoo is cheaper)
     sections: dict[str, str] = {}
