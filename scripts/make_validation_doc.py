@@ -44,7 +44,9 @@ QUICK_ROAR = {"n_train": 160, "n_test": 128, "n_random": 3, "steps": 120}
 def method_list(names: list[str] | None, quick: bool) -> list[str]:
     if names:
         return names
-    out = [m.name for m in ma.list_methods() if m.family != "test" and not m.layered]
+    # Every registered method; layered ones (attention family, value zeroing, token x head) are
+    # validated on their final-layer token scores (heads summed), as ma.validate does.
+    out = [m.name for m in ma.list_methods() if m.family != "test"]
     return [m for m in out if not (quick and m in SLOW)]
 
 
