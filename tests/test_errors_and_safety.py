@@ -203,3 +203,28 @@ def test_nested_guards_restore_once_at_the_outermost(tiny_model):
             assert a._guard_depth == 0
     finally:
         tiny_model.eval()
+
+
+def test_gradient_passes_freeze_the_weights_and_give_them_back(tiny_model):
+    """Gradients are taken with respect to inputs only, so the weights' requires_grad is off
+    during the passes (a faster backward) and back on afterwards, also after a failure."""
+    seen = []
+
+    def f(logits, tokens):
+        if torch.is_grad_enabled():
+            seen.append(any(p.requires_grad for p in tiny_model.parameters()))
+        return logits[:, -1, 17]
+
+    with model_unchanged(tiny_model):
+        ma.attribute(tiny_model, PROMPT, ma.FunctionTarget(f), method="saliency", quiet=True)
+    assert seen and not any(seen)
+    assert all(p.requires_grad for p in tiny_model.parameters())
+
+    def broken(logits, tokens):
+        if torch.is_grad_enabled():
+            raise Boom("inside a gradient pass")
+        return logits[:, -1, 17]
+
+    with model_unchanged(tiny_model):
+        with pytest.raises(Boom):
+            ma.attribute(tiny_model, PROMPT, ma.FunctionTarget(broken), method="saliency", quiet=True)
