@@ -446,6 +446,25 @@ class ModelAdapter:
         return int(3 * self.n_heads * seq_len * self.n_layers * self.W_E.element_size())
 
 
+class _CachedAdapter(ModelAdapter):
+    """The adapter :func:`as_adapter` keeps per model: it holds its model weakly, so the cache
+    (keyed weakly by the model) does not keep a model alive after the user lets go of it."""
+
+    @property  # type: ignore[override]
+    def model(self) -> Any:
+        m = self._model_ref()
+        if m is None:
+            raise ModelError(
+                "The model this adapter belonged to has been deleted; keep a reference to the model "
+                "(or call mechattr.as_adapter(model) again on a live model)."
+            )
+        return m
+
+    @model.setter
+    def model(self, value: Any) -> None:
+        self._model_ref = weakref.ref(value)
+
+
 _ADAPTERS: "weakref.WeakKeyDictionary[Any, ModelAdapter]" = weakref.WeakKeyDictionary()
 
 
@@ -462,9 +481,9 @@ def as_adapter(model: Any, prepend_bos: bool | None = None) -> ModelAdapter:
     except TypeError:
         cached = None
     if cached is None:
-        cached = ModelAdapter(model)
         try:
+            cached = _CachedAdapter(model)
             _ADAPTERS[model] = cached
-        except TypeError:  # pragma: no cover
-            pass
+        except TypeError:  # pragma: no cover - a model that cannot be weakly referenced
+            cached = ModelAdapter(model)
     return cached

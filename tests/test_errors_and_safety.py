@@ -228,3 +228,20 @@ def test_gradient_passes_freeze_the_weights_and_give_them_back(tiny_model):
     with model_unchanged(tiny_model):
         with pytest.raises(Boom):
             ma.attribute(tiny_model, PROMPT, ma.FunctionTarget(broken), method="saliency", quiet=True)
+
+
+def test_a_model_the_user_lets_go_of_is_freed():
+    """The per-model adapter cache (and the fast path it holds) must not keep a model alive."""
+    import gc
+    import weakref
+
+    m = ma.load_model("tiny-gpt2")
+    ref = weakref.ref(m)
+    a = ma.as_adapter(m)
+    ma.attribute(m, PROMPT, " Paris", method="saliency", quiet=True)
+    assert ma.as_adapter(m) is a  # cached while the model lives
+    del m
+    gc.collect()
+    assert ref() is None
+    with pytest.raises(ModelError, match="deleted"):
+        a.tokenize("x")
