@@ -177,6 +177,8 @@ def main() -> None:
         "- **roar**: accuracy drop after retraining with the top-k tokens masked vs k random ones "
         "(mean of the random drops + max(2 std, binomial s.e.)).",
         "- **ground_truth**: MRR of the planted tokens (mechattr.groundtruth) vs a random ranking.",
+        "- Layered methods (the attention family, value zeroing, token x head) are checked on their "
+        "final-layer token scores, heads summed, as `ma.validate` does.",
         "",
         "The frequency baseline ranks tokens rarest-first by token id (BPE merge-rank proxy).",
         "",
