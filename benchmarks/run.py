@@ -403,14 +403,18 @@ NOTES = [
     "hooked components), and the whole IG call 1.10x the floor; the rest is the two no-grad target evaluations "
     "f(x), f(b) that the completeness diagnostics need (0.15x of a 16-step batch, about 5% at 50 steps). An earlier "
     "1.64x figure for the bridge was measured on a loaded machine.",
-    "Why IG cannot reach 0.7x the best peer here: Captum and Inseq run the same Hugging Face forward and "
-    "backward as the floor, and their IG time is within a few percent of the floor's (table above). The "
-    "floor does the least arithmetic that gives these numbers (every step needs the full forward and a "
-    "backward to the embeddings; only the unembedding is already restricted to the read position), so "
-    "0.7x the peers would mean doing 30% less than that minimum. Work that could legitimately be skipped "
-    "(the BOS position, the last layer's non-read positions) is under 15% of a step. mechattr's wins are "
-    "where the peers repeat work: several target tokens share one forward per step (forced continuation) "
-    "and occlusion batches its perturbed inputs.",
+    "Why the IG targets are missed by a few percent: the floor itself sits at them. For one target the "
+    "floor is about 0.69x the best peer (20 and 320 tokens), for the 10-token continuation about 0.5x, "
+    "because the peers compute full-vocabulary logits at every position and, for a continuation, run one IG "
+    "per target token. mechattr's forward and backward passes are at the floor (1.02x in the profile above); "
+    "the remaining 4-5% is its completeness check, two extra no-grad forwards for f(x) and f(b) that neither "
+    "the floor nor the peers compute. Going below the floor needs less arithmetic than the minimum for these "
+    "numbers. Candidates, estimated and not done: reuse the BOS position's keys and values across steps (about "
+    "5% at 20 tokens, nothing at 320); compute the last layer only at the read position (about 7%, needs an "
+    "architecture-specific last block).",
+    "Occlusion is at the floor too (one batch holding the input and one copy per occluded position); the "
+    "floor is about 0.3x the best peer here (0.27-0.31 across runs). Reusing the unchanged prefix of each occluded copy (keys and values "
+    "before the occluded position) would roughly halve the work; not done.",
     "Inseq 0.7.1 pins `typeguard<=2.13.3` while transformer-lens 4.3 needs `typeguard>=4.2`; Inseq never "
     "imports typeguard, so it is installed with `--no-deps` next to its real runtime dependencies (see "
     "benchmarks/README.md). Its `nvidia-*-cu11` requirements are CUDA wheels not needed on CPU.",
@@ -438,6 +442,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default=str(ROOT / "docs" / "performance.md"), help="'-' to skip writing")
     ap.add_argument("--render", default=None, metavar="PKL",
                     help="re-render the report from a saved run (its raw results) without measuring")
+    ap.add_argument("--merge-raw", default=None, metavar="PKL",
+                    help="after measuring --cases, put them into this saved run (replacing those cases) and "
+                         "render the report from it: e.g. re-measure the short cases on a quiet machine")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--case", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -486,9 +493,25 @@ def main(argv: list[str] | None = None) -> None:
                 log("peak memory, one subprocess per tool:")
                 measure_memory(c, a.quick, a.threads, log)
     flow = None if a.no_flow or (only and "flow" not in only) else flow_output(a.quick)
+    import pickle
+
+    if a.merge_raw:
+        raw = pickle.loads(Path(a.merge_raw).read_bytes())
+        fresh = {c.key: c for c in cases}
+        raw["cases"] = [fresh.pop(c.key, c) for c in raw["cases"]] + list(fresh.values())
+        raw["extra_notes"] = raw["extra_notes"] + [
+            f"Re-measured on {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')} ({a.rounds or s.rounds} rounds, "
+            f"torch threads {a.threads}) and merged into the run above: " + ", ".join(f"`{k}`" for k in sorted(
+                c.key for c in cases)) + "."]
+        Path(a.merge_raw).write_bytes(pickle.dumps(raw))
+        text = report(raw["cases"], raw["settings"], raw["quick"], raw["flow"], NOTES + raw["extra_notes"],
+                      date=raw["date"], machine_desc=raw["machine"])
+        print(text)
+        if a.out != "-":
+            Path(a.out).write_text(text + "\n")
+        return
     text = report(cases, s, a.quick, flow, NOTES)
     print("\n" + text)
-    import pickle
 
     raw_path = model_dir().parent / ("last_run_quick.pkl" if a.quick else "last_run.pkl")
     raw_path.write_bytes(pickle.dumps({"cases": cases, "settings": s, "quick": a.quick, "flow": flow,
