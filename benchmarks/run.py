@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import pickle
 import os
 import platform
 import statistics
@@ -430,6 +431,15 @@ def flow_output(quick: bool) -> str | None:
     return p.stdout if p.returncode == 0 else f"failed (exit {p.returncode}):\n{p.stderr[-2000:]}"
 
 
+def render_raw(raw: dict[str, Any], out: str) -> None:
+    """Print the report of a saved run (current NOTES + the run's own) and write it to ``out``."""
+    text = report(raw["cases"], raw["settings"], raw["quick"], raw["flow"], NOTES + raw["extra_notes"],
+                  date=raw["date"], machine_desc=raw["machine"])
+    print(text)
+    if out != "-":
+        Path(out).write_text(text + "\n")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small settings (4 IG steps, 48-token long prompt)")
@@ -452,14 +462,7 @@ def main(argv: list[str] | None = None) -> None:
         child(a.child, a.case, a.quick, a.threads)
         return
     if a.render:
-        import pickle
-
-        raw = pickle.loads(Path(a.render).read_bytes())
-        text = report(raw["cases"], raw["settings"], raw["quick"], raw["flow"], NOTES + raw["extra_notes"],
-                      date=raw["date"], machine_desc=raw["machine"])
-        print(text)
-        if a.out != "-":
-            Path(a.out).write_text(text + "\n")
+        render_raw(pickle.loads(Path(a.render).read_bytes()), a.out)
         return
     torch.set_num_threads(a.threads)
     s = QUICK if a.quick else FULL
@@ -493,8 +496,6 @@ def main(argv: list[str] | None = None) -> None:
                 log("peak memory, one subprocess per tool:")
                 measure_memory(c, a.quick, a.threads, log)
     flow = None if a.no_flow or (only and "flow" not in only) else flow_output(a.quick)
-    import pickle
-
     if a.merge_raw:
         raw = pickle.loads(Path(a.merge_raw).read_bytes())
         fresh = {c.key: c for c in cases}
@@ -504,11 +505,7 @@ def main(argv: list[str] | None = None) -> None:
             f"torch threads {a.threads}) and merged into the run above: " + ", ".join(f"`{k}`" for k in sorted(
                 c.key for c in cases)) + "."]
         Path(a.merge_raw).write_bytes(pickle.dumps(raw))
-        text = report(raw["cases"], raw["settings"], raw["quick"], raw["flow"], NOTES + raw["extra_notes"],
-                      date=raw["date"], machine_desc=raw["machine"])
-        print(text)
-        if a.out != "-":
-            Path(a.out).write_text(text + "\n")
+        render_raw(raw, a.out)
         return
     text = report(cases, s, a.quick, flow, NOTES)
     print("\n" + text)
