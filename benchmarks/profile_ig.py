@@ -7,7 +7,7 @@ Each round times (interleaved, medians reported):
   tl_fwd          the TransformerBridge forward, no grad, all logits
   hf_fwdbwd       floor step: HF body forward with grad + logits at one position + backward
   tl_fwdbwd       the same as mechattr's grad_map runs it (plan.evaluate: the bridge's fast path,
-                  mechattr.fastpath, when no hook is attached) + backward
+                  mechattr.tl.fastpath, when no hook is attached) + backward
   bridge_fwdbwd   the same with the fast path off (adapter.run_until(final resid) through the
                   TransformerBridge + ln_final/unembed at one position) + backward
   values          mechattr's two no-grad target evaluations for completeness (f(x), f(baseline))

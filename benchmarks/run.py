@@ -78,7 +78,7 @@ class Case:
 
 # ------------------------------------------------------------------------------------ model, text
 def model_dir() -> Path:
-    from mechattr.loading import atomic_dir, cache_dir, make_gpt2_dir
+    from mechattr.tl.loading import atomic_dir, cache_dir, make_gpt2_dir
 
     return atomic_dir(
         cache_dir() / "bench" / "gpt2-small-random-v1",

@@ -6,7 +6,7 @@
 >>> res.scores, res.tokens, res.diagnostics["completeness_error"]
 """
 
-from .adapter import ModelAdapter, as_adapter
+from .tl.adapter import ModelAdapter, as_adapter
 from .api import attribute, resolve, run_method
 from .attribution import Attribution
 from .dataset import DatasetRun, attribute_dataset, load_dataset_results
@@ -20,7 +20,7 @@ from .errors import (
     ResultFileError,
     TargetError,
 )
-from .loading import DEFAULT_MODEL, builtin_models, cache_dir, load_model
+from .tl.loading import DEFAULT_MODEL, builtin_models, cache_dir, load_model
 from .registry import get_method, list_methods, register
 from .validation import ValidationReport, validate
 from .report import report

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from .adapter import ModelAdapter, as_adapter
+from .tl.adapter import ModelAdapter, as_adapter
 from .attribution import Attribution
 from .errors import InputError, MethodError
 from .methods._common import Context

@@ -279,7 +279,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .loading import DEFAULT_MODEL
+    from .tl.loading import DEFAULT_MODEL
 
     p = argparse.ArgumentParser(
         prog="mechattr",
@@ -389,7 +389,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "command", None) == "validate" and not (args.text or args.prompts):
         parser.error("validate needs a prompt or --prompts FILE")
     if getattr(args, "command", None) == "demo" and args.model is None:
-        from .loading import demo_model
+        from .tl.loading import demo_model
 
         args.model = demo_model()
     from .errors import MechattrError

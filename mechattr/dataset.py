@@ -378,7 +378,7 @@ def attribute_dataset(
     :func:`load_dataset_results`.
     """
     from . import api
-    from .adapter import as_adapter
+    from .tl.adapter import as_adapter
     from .progress import bar, silenced
     from .registry import check_params, get_method
 

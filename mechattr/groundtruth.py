@@ -79,9 +79,9 @@ def score(
     zoo model of the same task (``"zoo:induction"``) or its randomized twin. Deterministic given
     ``seed`` (examples and any method randomness both derive from it). The method's own
     parameters come as keywords (``n_steps=20``) or as a dict ``params=``."""
-    from .adapter import as_adapter
+    from .tl.adapter import as_adapter
     from .api import run_method
-    from .loading import load_model
+    from .tl.loading import load_model
     from .registry import get_method
     from .targets import Contrast, NextToken
     from .zoo import example_tokens, get_task

@@ -33,7 +33,7 @@ stats: dict[str, int] = {"builds": 0, "memory_hits": 0, "disk_hits": 0, "disk_re
 
 
 def knn_dir() -> Path:
-    from .loading import cache_dir
+    from .tl.loading import cache_dir
 
     return cache_dir() / "knn"
 

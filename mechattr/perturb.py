@@ -45,7 +45,7 @@ from einops import repeat
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from .adapter import ModelAdapter
+from .tl.adapter import ModelAdapter
 from .errors import MethodError
 
 SPECIAL_REPLACEMENTS = ("unk", "mask", "pad", "eos", "bos")

@@ -243,7 +243,7 @@ def report(
                                             validation_options or {}, figures, results)
         sections.extend(vhtml)
 
-    from .adapter import tl_version
+    from .tl.adapter import tl_version
 
     run = {
         "seed": seed,

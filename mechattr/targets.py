@@ -17,7 +17,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from .adapter import ModelAdapter
+from .tl.adapter import ModelAdapter
 from .errors import InputError, TargetError
 
 LOGIT_KINDS = ("log_prob", "prob", "logit")

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import mechattr as ma
-from mechattr.adapter import tl_major
+from mechattr.tl.adapter import tl_major
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))

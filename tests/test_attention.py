@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import mechattr as ma
-from mechattr.adapter import ModelAdapter, as_adapter
+from mechattr.tl.adapter import ModelAdapter, as_adapter
 from mechattr.attribution import Attribution
 from mechattr.methods.attention import mixing_matrices, rollout_matrices
 from mechattr.methods.flow import layered_max_flow
@@ -41,7 +41,7 @@ def gqa_model(tmp_path_factory):
     """A tiny random Llama with grouped-query attention: 4 query heads share 2 key/value heads."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from mechattr.loading import gpt2_tokenizer
+    from mechattr.tl.loading import gpt2_tokenizer
 
     d = tmp_path_factory.mktemp("tinygqa")  # no model family name in the path: TL 3 infers architectures from names
     cfg = LlamaConfig(

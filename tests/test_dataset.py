@@ -16,7 +16,7 @@ import torch
 
 import mechattr as ma
 import mechattr.api
-from mechattr.adapter import tl_major
+from mechattr.tl.adapter import tl_major
 from mechattr.cli import main
 from mechattr.dataset import read_prompts, read_shard, shard_path
 
@@ -238,7 +238,7 @@ def test_torchrun_two_gloo_ranks_match_one_process(tiny_model, tmp_path):
 def test_load_model_passes_multi_device_options_to_transformerlens(tiny_model, monkeypatch, tmp_path):
     from transformer_lens.model_bridge import TransformerBridge
 
-    from mechattr.loading import cache_dir
+    from mechattr.tl.loading import cache_dir
 
     seen = []
 

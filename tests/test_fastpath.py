@@ -1,4 +1,4 @@
-"""The hook-free Hugging Face forward of a TransformerBridge (mechattr.fastpath): same numbers as
+"""The hook-free Hugging Face forward of a TransformerBridge (mechattr.tl.fastpath): same numbers as
 the bridge, never used where a hook must apply, rebuilt when weights are replaced."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import mechattr as ma
-from mechattr import fastpath
+from mechattr.tl import fastpath
 
 from .conftest import model_unchanged
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import mechattr as ma
-from mechattr.loading import cache_dir
+from mechattr.tl.loading import cache_dir
 
 from .conftest import model_unchanged
 

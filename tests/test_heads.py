@@ -22,7 +22,7 @@ def tiny_gqa(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """A random 2-layer Llama with 4 query heads sharing 2 key/value heads."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from mechattr.loading import gpt2_tokenizer
+    from mechattr.tl.loading import gpt2_tokenizer
 
     tok = gpt2_tokenizer()
     d = tmp_path_factory.mktemp("tiny_gqa")

@@ -12,7 +12,7 @@ import torch
 
 import mechattr as ma
 import mechattr.linking as lk
-from mechattr.adapter import tl_major
+from mechattr.tl.adapter import tl_major
 
 from .conftest import model_unchanged
 

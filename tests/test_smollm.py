@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import mechattr as ma
-from mechattr import smollm
-from mechattr.adapter import as_adapter
+from mechattr.tl import smollm
+from mechattr.tl.adapter import as_adapter
 from mechattr.targets import Generate
 
 PROMPT = "The capital of France is"

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import mechattr as ma
-from mechattr.loading import gpt2_tokenizer
+from mechattr.tl.loading import gpt2_tokenizer
 
 from .conftest import TL_MAJOR, model_unchanged
 

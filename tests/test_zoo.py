@@ -12,7 +12,7 @@ import torch
 
 import mechattr as ma
 from mechattr import zoo
-from mechattr.adapter import as_adapter
+from mechattr.tl.adapter import as_adapter
 from mechattr.zoo import tasks as T
 from mechattr.zoo import train as TR
 

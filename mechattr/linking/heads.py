@@ -30,7 +30,7 @@ from einops import einsum, repeat
 from jaxtyping import Float
 from torch import Tensor
 
-from ..adapter import EMBED_HOOK, ModelAdapter
+from ..tl.adapter import EMBED_HOOK, ModelAdapter
 from ..errors import MethodError
 from ..methods._common import Context, mask_fixed
 from ..registry import MethodOutput, register

@@ -34,7 +34,7 @@ from einops import einsum
 from jaxtyping import Float
 from torch import Tensor
 
-from ..adapter import ModelAdapter, tl_major
+from ..tl.adapter import ModelAdapter, tl_major
 from ..errors import InputError, MethodError
 from ..methods._common import rule_points
 from ..targets import LogitPlan, _score_logits

@@ -14,7 +14,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ..adapter import ModelAdapter
+from ..tl.adapter import ModelAdapter
 from ..errors import TargetError
 from ..targets import Plan, Target, resolve_position
 

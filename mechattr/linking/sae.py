@@ -28,7 +28,7 @@ from einops import einsum
 from jaxtyping import Float
 from torch import Tensor
 
-from ..adapter import ModelAdapter, as_adapter
+from ..tl.adapter import ModelAdapter, as_adapter
 from ..attribution import Attribution
 from ..errors import InputError, TargetError
 from ..targets import Plan, Target, resolve_position

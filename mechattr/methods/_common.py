@@ -10,7 +10,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from ..adapter import ModelAdapter
+from ..tl.adapter import ModelAdapter
 from ..errors import MethodError
 from ..progress import progress
 from ..targets import Plan

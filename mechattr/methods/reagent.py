@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..adapter import as_adapter
+from ..tl.adapter import as_adapter
 from ..errors import MethodError
 from ..perturb import next_token_probs, sample_tokens
 from ..progress import bar

@@ -10,7 +10,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
-from ..adapter import ModelAdapter
+from ..tl.adapter import ModelAdapter
 from ..api import _fixed_positions, resolve, run_method
 from ..attribution import Attribution
 from ..errors import InputError, MethodError, suggest

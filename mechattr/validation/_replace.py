@@ -24,7 +24,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from ..adapter import ModelAdapter
+from ..tl.adapter import ModelAdapter
 from ..errors import InputError
 from ..methods._common import Context
 from ..targets import LogitPlan, Plan

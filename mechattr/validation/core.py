@@ -9,7 +9,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from ..adapter import tl_version
+from ..tl.adapter import tl_version
 from ..errors import InputError, MechattrError, suggest
 from ..progress import progress
 from . import ablation, agreement, completeness, perturbation_curves, randomization, roar, zoo_checks

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..adapter import ModelAdapter
+from ..tl.adapter import ModelAdapter
 from ..errors import ModelError
 from ..progress import progress
 from ._context import VContext

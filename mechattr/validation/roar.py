@@ -11,7 +11,7 @@ method that finds the tokens carrying the answer makes the task harder than rand
 ``TASK_CONFIGS`` entry) on a fixed set of a few hundred examples, narrower and shorter
 (``ROAR_OVERRIDES``), so one retraining takes seconds on a CPU. Every retraining starts from the
 same initialisation and sees the same batch order; only the masks differ. Accuracies are cached
-under ``mechattr.loading.cache_dir()/validation/roar`` keyed by everything that determines them
+under ``mechattr.tl.loading.cache_dir()/validation/roar`` keyed by everything that determines them
 (task, training config, the exact masked data), so a cached number is the number a rerun gives.
 
 Criterion: the method's accuracy drop exceeds the mean drop of ``n_random`` random maskings
@@ -150,7 +150,7 @@ def _cache_key(payload: dict[str, Any]) -> str:
 
 def cached_accuracy(task: Any, tc: Any, train: tuple, test: tuple, cache: bool = True) -> tuple[float, bool]:
     """(accuracy, came from the cache)."""
-    from ..loading import cache_dir
+    from ..tl.loading import cache_dir
 
     h = hashlib.sha256()
     for t in (*train, *test):

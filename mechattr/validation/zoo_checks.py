@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..adapter import ModelAdapter, as_adapter
+from ..tl.adapter import ModelAdapter, as_adapter
 from ..errors import ModelError
 from ..progress import progress
 from ._context import VContext
@@ -29,7 +29,7 @@ def load_twin(vc: VContext) -> Any:
     twin = vc.options["twin"]
     if twin is not None:
         if isinstance(twin, str):
-            from ..loading import load_model
+            from ..tl.loading import load_model
 
             return load_model(twin)
         return twin
@@ -40,7 +40,7 @@ def load_twin(vc: VContext) -> Any:
             f"{vc.adapter.name!r} is not a zoo model: pass twin=<model trained on randomized labels>, "
             "or validate a zoo model (mechattr.load_model('zoo:agreement'))."
         )
-    from ..loading import load_model
+    from ..tl.loading import load_model
 
     try:
         return load_model(name + "-random")

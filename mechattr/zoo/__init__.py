@@ -20,7 +20,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ..errors import InputError, ModelError
-from ..loading import _from_local_dir, _name, builtin
+from ..tl.loading import _from_local_dir, _name, builtin
 from .tasks import TASKS, Example, Task, get_task, token_positions
 
 DATA = Path(__file__).resolve().parent / "data"

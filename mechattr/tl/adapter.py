@@ -17,7 +17,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from .errors import HookError, InputError, ModelError, TargetError, suggest
+from ..errors import HookError, InputError, ModelError, TargetError, suggest
 
 EMBED_HOOK = "hook_embed"
 
@@ -367,7 +367,7 @@ class ModelAdapter:
 
     def fast_path(self) -> Any:
         """The hook-free Hugging Face forward sharing this bridge's weights
-        (:mod:`mechattr.fastpath`), or None where it does not apply or failed its self-check.
+        (:mod:`mechattr.tl.fastpath`), or None where it does not apply or failed its self-check.
 
         Not used while a hook point or a module carries a hook that is not the libraries' own, so
         hooks a user added keep applying; rebuilt and re-checked when the model's parameter

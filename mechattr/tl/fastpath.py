@@ -14,7 +14,7 @@ bridge's original model (unwrapping bridge components to the Hugging Face module
 weight is copied, so later in-place changes to the weights (randomization checks, fine-tuning) are
 seen by both. The user's model is not modified.
 
-When it is used: only through :meth:`mechattr.adapter.ModelAdapter.logits` with no mechattr hooks,
+When it is used: only through :meth:`mechattr.tl.adapter.ModelAdapter.logits` with no mechattr hooks,
 when no hook point carries a hook and no module a hook that is not the libraries' own (a user's
 permanent hook must keep applying), and after a self-check: logits of the fast path equal the bridge's logits, on the real token
 embedding and on a perturbed one, for this model (re-done when the model's parameter objects
