@@ -128,7 +128,7 @@ def test_max_edges_caps_what_the_page_carries():
     carried = {_key(e) for e in data["edges"]}
     # the top 5 plus every circuit edge, nothing else
     assert carried == {_key(e) for e in ranked[:5]} | {_key(g["edges"][j]) for j in g["in_circuit"]}
-    assert "pass <code>max_edges=</code>" in circuit_page(g, max_edges=5)
+    assert "slider capped at the top 5" in circuit_page(g, max_edges=5)
 
 
 def test_show_circuit_in_a_notebook(monkeypatch):
@@ -323,6 +323,9 @@ def test_click_on_a_head_shows_its_pattern(browser):
 
 @needs_browser
 def test_screenshot(browser, tmp_path):
+    rect = browser.eval("(() => { const r = document.getElementById('budget').getBoundingClientRect();"
+                        " return [r.left, r.top, r.width, r.height]; })()")
+    browser.click(rect[0] + 0.4 * rect[2], rect[1] + rect[3] / 2)  # about 15 of the 40 edges
     browser.mouse("mouseMoved", *_node_xy(browser, "a1.h2"))
     shot = tmp_path / "circuit-graph.png"
     data = browser.screenshot(shot)

@@ -321,7 +321,7 @@ JS = r"""
   "use strict";
   const D = JSON.parse(document.getElementById("circuit-data").textContent);
   const C = JSON.parse(document.getElementById("circuit-colors").textContent);
-  const COL = 130, ROW = 125;
+  const COL = 130, ROW = D.n_layers <= 8 ? 125 : D.n_layers <= 16 ? 100 : 80;  // deep models: flatter rows
   const H = D.n_heads;
   const fmt = (x) => (x === null || x === undefined) ? "n/a" : (x >= 0 ? "+" : "") + Number(x).toPrecision(4);
   const el = (id) => document.getElementById(id);
@@ -552,7 +552,7 @@ def circuit_page(graph: Mapping[str, Any], *, title: str | None = None, max_edge
                        f'({data["n_in_circuit"]} edges from <code>result.circuit()</code>)</label>')
     capped = ""
     if len(g["edges"]) > max_edges:
-        capped = f" (the slider reaches the top {max_edges}; pass <code>max_edges=</code> for more)"
+        capped = f'<span title="pass max_edges= to carry more">(slider capped at the top {max_edges}: <code>max_edges=</code>)</span>'
     faith = ""
     if g["faithfulness"]:
         rows = "".join(
@@ -612,7 +612,8 @@ def _fmt(x: Any) -> str:
 
 
 def _graph_height(n_layers: int) -> int:
-    return int(min(900, max(520, 110 * (n_layers + 2) + 80)))
+    # Tall enough that labels stay legible once the graph is fitted (see ROW in the script).
+    return int(min(1500, max(520, 60 * (n_layers + 2) + 100)))
 
 
 def write_circuit_page(
