@@ -326,6 +326,9 @@ def test_screenshot(browser, tmp_path):
     rect = browser.eval("(() => { const r = document.getElementById('budget').getBoundingClientRect();"
                         " return [r.left, r.top, r.width, r.height]; })()")
     browser.click(rect[0] + 0.4 * rect[2], rect[1] + rect[3] / 2)  # about 15 of the 40 edges
+    browser.click(*_node_xy(browser, "a1.h2"))
+    browser.wait_js("document.getElementById('pattern').dataset.head === 'a1.h2'"
+                    " && document.querySelector('#pattern canvas, #pattern svg') !== null", timeout=15)
     browser.mouse("mouseMoved", *_node_xy(browser, "a1.h2"))
     shot = tmp_path / "circuit-graph.png"
     data = browser.screenshot(shot)

@@ -613,7 +613,7 @@ def _fmt(x: Any) -> str:
 
 def _graph_height(n_layers: int) -> int:
     # Tall enough that labels stay legible once the graph is fitted (see ROW in the script).
-    return int(min(1500, max(520, 60 * (n_layers + 2) + 100)))
+    return int(min(1500, max(640, 60 * (n_layers + 2) + 100)))
 
 
 def write_circuit_page(
