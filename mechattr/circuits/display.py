@@ -474,7 +474,7 @@ JS = r"""
 
   refresh();
   network.once("afterDrawing", () => { document.body.dataset.ready = "1"; });
-  network.fit();
+  network.fit({ maxZoomLevel: 1.35, animation: false });  // small graphs may grow a little to fill the canvas
   window.circuitGraph = { network: network, nodes: nodes, edges: edges, view: view, state: state, showNode: showNode, refresh: refresh };
 })();
 """
