@@ -41,11 +41,8 @@ DIRECTIONS = ("denoise", "noise")
 # Drawing more edges than this makes the canvas slow and unreadable; the page says how many exist.
 DEFAULT_MAX_EDGES = 1000
 
-# Same policy as ma.report: inline scripts and styles only, images only as data URLs.
-CSP = (
-    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
-    "img-src data:; font-src data:; connect-src 'none'; form-action 'none'; base-uri 'none'"
-)
+# Same policy as ma.report: inline scripts and styles only, images only as data URLs, no fetches.
+from ..report import CSP  # noqa: E402
 
 INSTALL_HINT = 'pip install "mechattr[graph]"  (or: pip install --no-deps pyvis)'
 
@@ -638,7 +635,7 @@ def show_circuit(graph: Mapping[str, Any], *, title: str | None = None, max_edge
         raise MissingDependencyError("show_circuit() displays in a notebook and needs IPython: pip install ipython") from e
     page = circuit_page(graph, title=title, max_edges=max_edges)
     g_layers = graph["n_layers"]  # validated by circuit_page
-    h = height or _graph_height(g_layers) + 260
+    h = height or _graph_height(g_layers) + 400
     return HTML(
         f'<iframe srcdoc="{html.escape(page, quote=True)}" style="width:100%;height:{h}px;border:0" '
         'sandbox="allow-scripts"></iframe>'
