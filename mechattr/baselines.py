@@ -131,6 +131,8 @@ def data_baselines(
     else:
         seqs: list[Tensor] = []
         items = [data] if isinstance(data, str) else data
+        if isinstance(items, (list, tuple)) and items and all(isinstance(i, int) and not isinstance(i, bool) for i in items):
+            items = [list(items)]  # one sequence of token ids
         if isinstance(items, Tensor):
             items = list(items.reshape(-1, items.shape[-1])) if items.dim() > 1 else [items]
         for it in items:

@@ -161,6 +161,8 @@ def test_gradient_shap_path_and_data_windows_match_plain_loop(tiny_model, hf):
     texts = ma.attribute(tiny_model, PROMPT, " Paris", method="gradient_shap",
                          data=["one two three four five six seven eight nine ten"], n_samples=3)
     assert texts.params["baseline"] == "data"
+    one = ma.attribute(tiny_model, PROMPT, " Paris", method="gradient_shap", data=list(range(300, 309)), n_samples=2)
+    assert one.params["baseline"] == "data"  # a flat list of ids is one sequence
     with pytest.raises(ma.MethodError, match="tokens"):
         ma.attribute(tiny_model, PROMPT, " Paris", method="gradient_shap", data=["too short"], n_samples=2)
     with pytest.raises(ma.MethodError, match="not both"):
