@@ -109,6 +109,58 @@ def build_baselines(ctx: Any, spec: Any) -> Float[Tensor, "n_baselines pos d_mod
     return out
 
 
+def data_baselines(
+    ctx: Any, data: Any, n: int, generator: torch.Generator
+) -> tuple[Float[Tensor, "n pos d_model"], Tensor]:
+    """Baselines from data: embeddings of real token sequences (expected gradients, Erion et al.
+    2021; Captum's GradientShap draws its baselines from a data distribution).
+
+    ``data``: a list of texts, or token ids ``[n_seq, len]`` (a tensor or nested lists), from
+    which ``n`` windows as long as the attributed (free) positions are cut at random offsets; a
+    sequence exactly that long is one window. ``None``: each window is ``n_free`` token ids drawn
+    uniformly from the vocabulary (real tokens in random order; used when no data is at hand).
+    Fixed (BOS) positions keep the input. Returns (embeddings, token ids ``[n, pos]``)."""
+    a = ctx.adapter
+    toks = ctx.tokens[0]
+    free = ctx.free
+    m = int(free.sum())
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise MethodError(f"n_baselines must be an integer >= 1, got {n!r}.")
+    if data is None:
+        windows = torch.randint(0, a.d_vocab, (n, m), generator=generator)
+    else:
+        seqs: list[Tensor] = []
+        items = [data] if isinstance(data, str) else data
+        if isinstance(items, (list, tuple)) and items and all(isinstance(i, int) and not isinstance(i, bool) for i in items):
+            items = [list(items)]  # one sequence of token ids
+        if isinstance(items, Tensor):
+            items = list(items.reshape(-1, items.shape[-1])) if items.dim() > 1 else [items]
+        for it in items:
+            if isinstance(it, str):
+                ids = torch.tensor(a.tokenizer(it, add_special_tokens=False)["input_ids"], dtype=torch.long)
+            else:
+                ids = torch.as_tensor(it, dtype=torch.long).reshape(-1).cpu()
+            if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= a.d_vocab):
+                raise MethodError("Baseline data token ids must lie inside the vocabulary.")
+            if ids.numel() >= m:
+                seqs.append(ids)
+        if not seqs:
+            raise MethodError(
+                f"No baseline data sequence has the {m} tokens the prompt's attributed positions "
+                "need; give longer texts (or token id rows) in data=."
+            )
+        which = torch.randint(0, len(seqs), (n,), generator=generator)
+        rows = []
+        for i in which.tolist():  # one window per baseline (n is small)
+            L = seqs[i].numel()
+            off = int(torch.randint(0, L - m + 1, (1,), generator=generator))
+            rows.append(seqs[i][off : off + m])
+        windows = torch.stack(rows)
+    ids = toks[None].expand(n, -1).clone()
+    ids[:, free] = windows.to(ids.device)
+    return a.embed(ids), ids
+
+
 def describe(spec: Any) -> Any:
     """JSON-friendly description of a baseline spec for the result's params."""
     if isinstance(spec, Tensor):

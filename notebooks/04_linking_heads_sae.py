@@ -72,7 +72,8 @@ print(f"copied token {ex.answer!r} at token position {copied}; the prompt has {l
 
 # %% [markdown]
 # ## Attribution patching and EAP-IG over heads
-# `(a_clean − a_corrupt) · ∂metric/∂a` per head output (Nanda 2023; Syed et al. 2023), and its
+# `(a_clean − a_corrupt) · ∂metric/∂a` per head output, gradient at the corrupt run
+# (`direction="denoise"`, the default; `direction="noise"` is the EAP-IG paper's sign) (Nanda 2023; Syed et al. 2023), and its
 # integrated-gradients form EAP-IG (Hanna et al. 2024), which averages the gradient along the path
 # from the corrupted to the clean input. EAP-IG is complete at the input: the layer-0 residual
 # scores sum to metric(clean) − metric(corrupt); the printed error says how closely.

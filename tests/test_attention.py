@@ -194,7 +194,7 @@ def test_flow_method_equals_networkx_on_model_patterns(model):
     toks = tokens_of(model, "The cat sat on the mat because")
     pats = patterns_of(model, toks)
     caps = mixing_matrices(pats, 0.5, "mean").numpy()
-    res = ma.attribute(model, "The cat sat on the mat because", " it", method="attention_flow")
+    res = ma.attribute(model, "The cat sat on the mat because", " it", method="attention_flow", normalize=False)
     L, T = caps.shape[0], caps.shape[-1]
     assert res.dims == ("layer", "target", "src") and res.scores.shape == (L, 1, T)
     for d in range(1, L + 1):
@@ -202,6 +202,25 @@ def test_flow_method_equals_networkx_on_model_patterns(model):
         # scores are stored as float32: compare at float32 resolution (the flow itself is float64)
         torch.testing.assert_close(res.scores[d - 1, 0].double(), ref.double(), atol=1e-6, rtol=0)
     assert res.diagnostics["flow_max_gap"] < 1e-6
+
+
+def test_flow_default_is_normalised_per_output_as_the_paper(model):
+    """#19 item 3: Abnar & Zuidema divide each output node's flows by their sum over the inputs;
+    the default does so (networkx max flows normalised by hand here), normalize=False is raw."""
+    text = "The cat sat on the mat because"
+    toks = tokens_of(model, text)
+    caps = mixing_matrices(patterns_of(model, toks), 0.5, "mean").numpy()
+    res = ma.attribute(model, text, " it", method="attention_flow")
+    L, T = caps.shape[0], caps.shape[-1]
+    assert res.params["normalize"] is True
+    for d in range(1, L + 1):
+        raw = np.array([nx_flow(caps, d, j, T - 1) for j in range(T)])
+        ref = torch.tensor(raw / raw.sum())
+        torch.testing.assert_close(res.scores[d - 1, 0].double(), ref, atol=1e-6, rtol=0)
+        assert res.diagnostics["flow_raw_sum"][d - 1][0] == pytest.approx(raw.sum(), abs=1e-6)
+    torch.testing.assert_close(res.scores.sum(-1).double(), torch.ones(L, 1, dtype=torch.float64), atol=1e-5, rtol=0)
+    raw = ma.attribute(model, text, " it", method="attention_flow", normalize=False)
+    assert float(raw.scores[-1, 0].sum()) > 1.01  # the raw flows do not form a distribution
 
 
 # ----- raw attention ---------------------------------------------------------------------------------
@@ -271,10 +290,48 @@ def explicit_value_norms(model, tokens, layer):
     return out  # [head, dst, src]
 
 
+def explicit_layer_norms(model, tokens, layer):
+    """Kobayashi et al.'s layer-level score ||Σ_h α_h f_h(x_j)|| from the weights, plain loops."""
+    H = model.cfg.n_heads
+    st = capture_all(model, tokens, [f"blocks.{layer}.hook_resid_pre", f"blocks.{layer}.attn.hook_pattern"])
+    attn = model.blocks[layer].attn
+    x = model.blocks[layer].ln1(st[f"blocks.{layer}.hook_resid_pre"])[0].double()
+    W_V = attn.W_V.detach().double()
+    b_V = getattr(attn, "b_V", None)
+    b_V = torch.zeros(W_V.shape[0], W_V.shape[-1], dtype=torch.float64) if b_V is None else b_V.detach().double()
+    kv_of_head = torch.arange(H) // (H // W_V.shape[0])
+    pat = st[f"blocks.{layer}.attn.hook_pattern"][0].double()
+    T = tokens.shape[-1]
+    out = torch.zeros(T, T, dtype=torch.float64)
+    for i in range(T):
+        for j in range(T):
+            vec = torch.zeros(attn.W_O.shape[-1], dtype=torch.float64)
+            for h in range(H):
+                f = (x[j] @ W_V[kv_of_head[h]] + b_V[kv_of_head[h]]) @ attn.W_O[h].detach().double()
+                vec += pat[h, i, j] * f
+            out[i, j] = vec.norm()
+    return out  # [dst, src]
+
+
+def test_value_weighted_default_is_the_layer_norm_of_the_head_sum(model, gqa_model):
+    """#19 item 5: the default score is ||Σ_h α f(x)|| per layer (not a sum of per-head norms)."""
+    for m, text, tgt in ((model, TEXT, TARGET), (gqa_model, "a b c d e", " f")):
+        toks = tokens_of(m, text)
+        with model_unchanged(m):
+            res = ma.attribute(m, text, tgt, method="value_weighted_attention")
+        assert res.dims == ("layer", "target", "src") and res.params["heads"] == "combined"
+        for l in range(m.cfg.n_layers):
+            ref = explicit_layer_norms(m, toks, l)[-1]
+            torch.testing.assert_close(res.scores[l, 0].double(), ref, atol=1e-5, rtol=1e-4)
+            per_head_sum = explicit_value_norms(m, toks, l)[:, -1].sum(0)
+            assert float((per_head_sum - ref).abs().max()) > 1e-4  # the old score differs
+        torch.testing.assert_close(res.token_scores().double(), explicit_layer_norms(m, toks, m.cfg.n_layers - 1)[-1], atol=1e-5, rtol=1e-4)
+
+
 def test_value_weighted_equals_explicit_weights(model):
     toks = tokens_of(model)
     with model_unchanged(model):
-        res = ma.attribute(model, TEXT, TARGET, method="value_weighted_attention")
+        res = ma.attribute(model, TEXT, TARGET, method="value_weighted_attention", heads="per_head")
     assert res.dims == ("layer", "head", "target", "src")
     for l in range(model.cfg.n_layers):
         ref = explicit_value_norms(model, toks, l)[:, -1]
@@ -294,7 +351,7 @@ def test_gqa_head_mapping_reconstructs_z(gqa_model):
 
 def test_gqa_value_weighted_and_all_methods(gqa_model):
     toks = tokens_of(gqa_model, "a b c d e")
-    res = ma.attribute(gqa_model, "a b c d e", " f", method="value_weighted_attention")
+    res = ma.attribute(gqa_model, "a b c d e", " f", method="value_weighted_attention", heads="per_head")
     for l in range(2):
         ref = explicit_value_norms(gqa_model, toks, l)[:, -1]
         torch.testing.assert_close(res.scores[l, :, 0].double(), ref, atol=1e-5, rtol=1e-4)

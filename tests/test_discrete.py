@@ -91,15 +91,21 @@ def test_dig_equals_plain_path_integral(tiny_model):
 
 
 # ----- the anchor search, re-implemented one candidate at a time ----------------------------------
-def reference_search(E, ids, x0, b, input_id, A, k, strategy):
-    """DIG's GREEDY/MAXCOUNT and UDIG's uniform choice written out with Python loops."""
+def reference_search(E, ids, x0, b, input_id, A, k, strategy, candidates="word"):
+    """DIG's GREEDY/MAXCOUNT search (candidates: the current word's neighbours) and UDIG's
+    ``linear_word_path`` (candidates: the words nearest to the evenly spaced line points
+    b + (A - s)/(A + 1) (x - b), walked from the input side), written out with Python loops.
+    Monotonization step 1/A as the reference code (``1/steps``)."""
     cur, word, visited = x0.double(), None, {input_id}
     E, b, x0d = E.double(), b.double(), x0.double()
     out_ids, out_pts = [], []
     for s in range(A):
-        centre = cur if word is None else E[word]
+        if candidates == "line":
+            centre = b + (A - s) / (A + 1) * (x0d - b)
+        else:
+            centre = cur if word is None else E[word]
         d = (E - centre).pow(2).sum(-1).sqrt()
-        if word is not None:
+        if word is not None and candidates == "word":
             d[word] = float("inf")
         cand = torch.argsort(d, stable=True)[:k].tolist()
         best, best_key, best_pt = None, None, None
@@ -108,14 +114,9 @@ def reference_search(E, ids, x0, b, input_id, A, k, strategy):
             if int(ids[c]) in visited or torch.equal(a, b) or torch.equal(a, cur):
                 continue
             mono = (a >= torch.minimum(b, cur)) & (a <= torch.maximum(b, cur))
-            if strategy == "uniform":
-                alpha = 1 - (s + 1) / (A + 1)
-                fb = torch.clamp(b + alpha * (x0d - b), torch.minimum(b, cur), torch.maximum(b, cur))
-                key = (float(abs((a - b) @ (x0d - b) / ((x0d - b) @ (x0d - b)) - alpha)),)
-            else:
-                fb = cur - (cur - b) / (A + 1)
-                dist = float((torch.where(mono, a, fb) - a).norm())
-                key = (dist,) if strategy == "greedy" else (-int(mono.sum()), dist)
+            fb = cur - (cur - b) / A
+            dist = float((torch.where(mono, a, fb) - a).norm())
+            key = (dist,) if strategy == "greedy" else (-int(mono.sum()), dist)
             if best_key is None or key < best_key:
                 best, best_key, best_pt = c, key, torch.where(mono, a, fb)
         if best is None:
@@ -127,18 +128,21 @@ def reference_search(E, ids, x0, b, input_id, A, k, strategy):
     return out_ids, out_pts
 
 
-@pytest.mark.parametrize("strategy", ["greedy", "maxcount", "uniform"])
-def test_anchor_search_matches_reference(tiny_model, strategy):
+SEARCHES = [("greedy", "word"), ("maxcount", "word"), ("greedy", "line"), ("maxcount", "line")]
+
+
+@pytest.mark.parametrize("strategy, candidates", SEARCHES)
+def test_anchor_search_matches_reference(tiny_model, strategy, candidates):
     ctx = make_ctx(tiny_model)
     B = ctx.adapter.embed(torch.full_like(ctx.tokens, 50256))
     B[0, 0] = ctx.input_embed()[0, 0]
     A, k = 4, 15
-    path = discrete_path(ctx, B, strategy=strategy, n_anchors=A, n_neighbors=k, anchor_vocab=VOCAB)
+    path = discrete_path(ctx, B, strategy=strategy, n_anchors=A, n_neighbors=k, anchor_vocab=VOCAB, candidates=candidates)
     ids = torch.arange(VOCAB)
     E = vocab_embeddings(ctx, ids)
     for p in (2, 5):
         ref_ids, ref_pts = reference_search(
-            E, ids, ctx.input_embed()[0, p], B[0, p], int(ctx.tokens[0, p]), A, k, strategy
+            E, ids, ctx.input_embed()[0, p], B[0, p], int(ctx.tokens[0, p]), A, k, strategy, candidates
         )
         got = path.anchor_ids[0, :, p].flip(0).tolist()  # input -> baseline order
         assert got == ref_ids
@@ -146,13 +150,63 @@ def test_anchor_search_matches_reference(tiny_model, strategy):
             torch.testing.assert_close(path.nodes[0, A - s, p].double(), pt, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("strategy", ["greedy", "maxcount", "uniform"])
-def test_path_is_monotone_through_real_words(tiny_model, strategy):
+def test_udig_is_linear_word_path_on_a_tiny_embedding_table():
+    """#19 item 1: UDIG hand-rolled on a 12-word, 3-d embedding table (plain Python, no torch
+    search), against the method's anchors: candidates are the words nearest to evenly spaced
+    points of the straight line, not neighbours of the current word."""
+    table = [[0.0, 0.0, 0.0], [4.0, 4.0, 4.0], [3.1, 2.9, 3.0], [2.0, 2.2, 1.9], [0.9, 1.1, 1.0],
+             [3.6, 0.4, 3.9], [1.5, 3.8, 0.2], [2.6, 2.4, 2.7], [-1.0, 5.0, 2.0], [1.2, 0.8, 1.3],
+             [3.9, 3.7, 3.8], [0.3, 0.2, 0.4]]
+    W = torch.tensor(table, dtype=torch.float64)
+
+    class _Adapter:  # the only things the anchor search asks of a model: vocabulary and embedding
+        d_vocab = len(table)
+
+        def embed(self, toks):
+            return W[toks]
+
+    class _Plan:
+        def __init__(self, toks):
+            self.tokens, self.positions, self.n_rows = toks, [0], 1
+
+    tokens = torch.tensor([[1]])  # one position: word 1 at (4, 4, 4)
+    adapter = _Adapter()
+    ctx = Context(adapter=adapter, plan=_Plan(tokens))
+    A, k = 3, 3
+    B = torch.zeros(1, 1, 3, dtype=torch.float64)  # baseline: word 0, the origin
+    for strategy in ("greedy", "maxcount"):
+        path = discrete_path(ctx, B, strategy=strategy, n_anchors=A, n_neighbors=k, candidates="line")
+        # by hand: points b + s/(A+1) (x - b) for s = 3, 2, 1 -> (3,3,3), (2,2,2), (1,1,1)
+        x, b = table[1], table[0]
+        cur, visited, picks = list(x), {1}, []
+        for s in (3, 2, 1):
+            pt = [b[d] + s / (A + 1) * (x[d] - b[d]) for d in range(3)]
+            dist = sorted(range(12), key=lambda w: (sum((table[w][d] - pt[d]) ** 2 for d in range(3)), w))[:k]
+            best, key_best, node = None, None, None
+            for w in dist:
+                if w in visited or table[w] == b or table[w] == cur:
+                    continue
+                a = table[w]
+                mono = [min(b[d], cur[d]) <= a[d] <= max(b[d], cur[d]) for d in range(3)]
+                mpt = [a[d] if mono[d] else cur[d] - (cur[d] - b[d]) / A for d in range(3)]
+                gap = sum((mpt[d] - a[d]) ** 2 for d in range(3)) ** 0.5
+                key = (gap,) if strategy == "greedy" else (-sum(mono), gap)
+                if key_best is None or key < key_best:
+                    best, key_best, node = w, key, mpt
+            visited.add(best)
+            picks.append(best)
+            cur = node
+            torch.testing.assert_close(path.nodes[0, s, 0].double(), torch.tensor(node, dtype=torch.float64), atol=1e-6, rtol=0)
+        assert path.anchor_ids[0, :, 0].flip(0).tolist() == picks, strategy
+
+
+@pytest.mark.parametrize("strategy, candidates", SEARCHES)
+def test_path_is_monotone_through_real_words(tiny_model, strategy, candidates):
     ctx = make_ctx(tiny_model)
     B = torch.zeros_like(ctx.input_embed())
     B[0, 0] = ctx.input_embed()[0, 0]
     A = 6
-    path = discrete_path(ctx, B, strategy=strategy, n_anchors=A, n_neighbors=30, anchor_vocab=VOCAB)
+    path = discrete_path(ctx, B, strategy=strategy, n_anchors=A, n_neighbors=30, anchor_vocab=VOCAB, candidates=candidates)
     nodes = path.nodes[0]
     x, b = ctx.input_embed()[0], B[0]
     assert torch.equal(nodes[0], b) and torch.equal(nodes[-1], x)
@@ -279,3 +333,16 @@ def test_knn_cache_memory_disk_and_corruption(knn_tmp):
     # a different matrix gets its own graph
     knn.knn_graph(W + 1e-3, 8)
     assert knn.stats["builds"] == s0["builds"] + 3
+
+
+def test_paper_defaults(tiny_model):
+    """#19 item 2: DIG's and UDIG's defaults are the papers' (30 anchors; DIG greedy with the
+    kNN neighbours, UDIG greedy with 30 words per line point; one interval per path segment),
+    with the deviations the docs name (50 DIG neighbours, trapezoid rule)."""
+    dig = ma.attribute(tiny_model, TEXT, " Paris", method="dig", anchor_vocab=VOCAB)
+    udig = ma.attribute(tiny_model, TEXT, " Paris", method="udig", anchor_vocab=VOCAB)
+    for r, k in ((dig, 50), (udig, 30)):
+        p = r.params
+        assert (p["n_anchors"], p["n_steps"], p["n_neighbors"], p["strategy"], p["rule"]) == (30, 31, k, "greedy", "trapezoid")
+        assert len(r.diagnostics["anchors"][1]) == 30
+        assert r.diagnostics["n_forward_points"] == 32  # as many gradients as the paper's 32 path points

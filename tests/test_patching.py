@@ -26,10 +26,14 @@ def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((ra * rb).sum() / (ra.norm() * rb.norm()))
 
 
-def _activation_patching(model: Any, clean: str, corrupt: str, token: str) -> torch.Tensor:
-    """log p(token | clean) − log p(token | clean, head (l, h)'s z from the corrupted run)."""
+def _activation_patching(model: Any, clean: str, corrupt: str, token: str, direction: str = "noise") -> torch.Tensor:
+    """Exact patching per head, one forward each (CONVENTIONS.md):
+    noise: log p(token | clean, head (l, h)'s z from the corrupted run) − log p(token | clean);
+    denoise: log p(token | corrupt, head (l, h)'s z from the clean run) − log p(token | corrupt)."""
     a = ma.as_adapter(model)
     ct, xt = a.tokenize(clean), a.tokenize(corrupt)
+    if direction == "denoise":
+        ct, xt = xt, ct  # run the corrupt prompt, patch in the clean z
     tid, L, H = a.single_token(token), a.n_layers, a.n_heads
     zs: dict[int, torch.Tensor] = {}
     hooks = [(f"blocks.{l}.attn.hook_z", (lambda l: lambda x, hook: zs.__setitem__(l, x.detach().clone()))(l)) for l in range(L)]
@@ -46,7 +50,7 @@ def _activation_patching(model: Any, clean: str, corrupt: str, token: str) -> to
                     return x
 
                 with model.hooks(fwd_hooks=[(f"blocks.{l}.attn.hook_z", patch)]):
-                    out[l, h] = base - torch.log_softmax(model(ct)[0, -1], -1)[tid]
+                    out[l, h] = torch.log_softmax(model(ct)[0, -1], -1)[tid] - base
     return out
 
 
@@ -60,15 +64,53 @@ def _warm_up(model: Any) -> None:
 def test_rank_correlation_with_activation_patching(tiny_model: Any) -> None:
     _warm_up(tiny_model)
     with model_unchanged(tiny_model):
-        ap = lk.head_attribution(tiny_model, CLEAN, CORRUPT, TARGET)
-        ig = lk.head_attribution(tiny_model, CLEAN, CORRUPT, TARGET, ig_steps=6)
-    truth = _activation_patching(tiny_model, CLEAN, CORRUPT, TARGET)
+        ap = lk.head_attribution(tiny_model, CLEAN, CORRUPT, TARGET, direction="noise")
+        ig = lk.head_attribution(tiny_model, CLEAN, CORRUPT, TARGET, ig_steps=6, direction="noise")
+    truth = _activation_patching(tiny_model, CLEAN, CORRUPT, TARGET, "noise")
     rho_ap, rho_ig = _spearman(ap.heads, truth), _spearman(ig.heads, truth)
     print(f"spearman vs activation patching: attribution patching {rho_ap:.3f}, EAP-IG {rho_ig:.3f}")
     # One token swapped in a small random model: the linear approximation should hold well.
     assert rho_ap > 0.6 and rho_ig > 0.6
     assert torch.allclose(ap.heads, truth, atol=0.25 * float(truth.abs().max()))
-    assert ap.metric_clean - ap.metric_corrupt == pytest.approx(ap.diagnostics["metric_delta"])
+    assert ap.metric_corrupt - ap.metric_clean == pytest.approx(ap.diagnostics["metric_delta"])
+
+
+def test_direction_signs_match_exact_patching_each_way(tiny_model: Any) -> None:
+    """#19 item 7: the default is "denoise" and each direction's scores estimate the exact
+    patching effect of the same name (signs included), as CONVENTIONS.md defines them; the
+    convention is recorded in the result, its records and its JSON."""
+    import json
+    import warnings
+
+    de = lk.head_attribution(tiny_model, CLEAN, CORRUPT, TARGET)
+    no = lk.head_attribution(tiny_model, CLEAN, CORRUPT, TARGET, direction="noise")
+    assert de.direction == "denoise" and de.grad_at == "corrupt"
+    assert no.direction == "noise" and no.grad_at == "clean"
+    for res, d in ((de, "denoise"), (no, "noise")):
+        truth = _activation_patching(tiny_model, CLEAN, CORRUPT, TARGET, d)
+        big = truth.abs() > 0.2 * float(truth.abs().max())
+        assert bool(big.any())
+        assert bool((torch.sign(res.heads[big]) == torch.sign(truth[big])).all()), d
+        assert torch.allclose(res.heads, truth, atol=0.25 * float(truth.abs().max())), d
+        assert all(r["direction"] == d for r in res.to_records())
+        assert json.loads(json.dumps(res.to_json()))["direction"] == d
+    # EAP-IG: the two directions are the same path integral with opposite signs
+    ig_de = lk.head_attribution(tiny_model, CLEAN, CORRUPT, TARGET, ig_steps=4)
+    ig_no = lk.head_attribution(tiny_model, CLEAN, CORRUPT, TARGET, ig_steps=4, direction="noise")
+    assert torch.allclose(ig_de.heads, -ig_no.heads, atol=1e-6) and ig_no.direction == "noise"
+    # the deprecated grad_at maps onto direction, with a warning that names the sign change
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        old = lk.head_attribution(tiny_model, CLEAN, CORRUPT, TARGET, grad_at="corrupt")
+    assert any(issubclass(x.category, DeprecationWarning) for x in w)
+    assert old.direction == "denoise" and torch.equal(old.heads, de.heads)
+    with pytest.warns(DeprecationWarning, match="NEGATIVE"):
+        old = lk.head_attribution(tiny_model, CLEAN, CORRUPT, TARGET, grad_at="clean")
+    assert old.direction == "noise" and torch.equal(old.heads, no.heads)
+    with pytest.raises(ma.MethodError, match="direction"):
+        lk.head_attribution(tiny_model, CLEAN, CORRUPT, TARGET, grad_at="clean", direction="denoise")
+    with pytest.raises(ma.MethodError, match="denoise"):
+        lk.head_attribution(tiny_model, CLEAN, CORRUPT, TARGET, direction="forward")
 
 
 def test_eap_ig_is_complete_at_the_input_and_batch_invariant(tiny_model: Any) -> None:
@@ -88,11 +130,11 @@ def test_eap_ig_is_complete_at_the_input_and_batch_invariant(tiny_model: Any) ->
 
 
 def test_gradient_at_corrupt_is_the_manual_first_order_term(tiny_model: Any) -> None:
-    """grad_at='corrupt': (z_clean − z_corr) · ∂m/∂z at the corrupted run, per head, recomputed
+    """direction='denoise': (z_clean − z_corr) · ∂m/∂z at the corrupted run, per head, recomputed
     here with TL's own backward hooks."""
     a = ma.as_adapter(tiny_model)
     ct, xt, tid = a.tokenize(CLEAN), a.tokenize(CORRUPT), a.single_token(TARGET)
-    res = lk.head_attribution(tiny_model, CLEAN, CORRUPT, TARGET, grad_at="corrupt")
+    res = lk.head_attribution(tiny_model, CLEAN, CORRUPT, TARGET, direction="denoise")
     for l in range(a.n_layers):
         name = f"blocks.{l}.attn.hook_z"
         box: dict[str, torch.Tensor] = {}
@@ -113,8 +155,8 @@ def test_gradient_at_corrupt_is_the_manual_first_order_term(tiny_model: Any) -> 
 @pytest.mark.skipif(tl_major() < 4, reason="TL 3.x has no tools.analysis.attribution_patching; backend check below")
 def test_agrees_with_transformer_lens_tool(tiny_model: Any) -> None:
     assert lk.tl_attribution_patching_available()
-    ours = lk.head_attribution(tiny_model, CLEAN, CORRUPT, TARGET, grad_at="corrupt")
-    theirs = lk.head_attribution(tiny_model, CLEAN, CORRUPT, TARGET, grad_at="corrupt", backend="transformer_lens")
+    ours = lk.head_attribution(tiny_model, CLEAN, CORRUPT, TARGET, direction="denoise")
+    theirs = lk.head_attribution(tiny_model, CLEAN, CORRUPT, TARGET, direction="denoise", backend="transformer_lens")
     assert theirs.backend == "transformer_lens"
     err_h = float((ours.heads_by_pos - theirs.heads_by_pos).abs().max())
     err_m = float((ours.mlp_by_pos - theirs.mlp_by_pos).abs().max())
@@ -127,12 +169,12 @@ def test_errors(tiny_model: Any) -> None:
     with pytest.raises(ma.InputError, match="same token length"):
         lk.head_attribution(tiny_model, CLEAN, "A much longer corrupted prompt here", TARGET)
     with pytest.raises(ma.MethodError):
-        lk.head_attribution(tiny_model, CLEAN, CORRUPT, TARGET, grad_at="middle")
+        lk.head_attribution(tiny_model, CLEAN, CORRUPT, TARGET, direction="middle")
     with pytest.raises(ma.MethodError):
         lk.head_attribution(tiny_model, CLEAN, CORRUPT, TARGET, ig_steps=0)
     if tl_major() < 4:
         with pytest.raises(ma.MethodError, match="TransformerLens 4"):
-            lk.head_attribution(tiny_model, CLEAN, CORRUPT, TARGET, grad_at="corrupt", backend="transformer_lens")
-    else:
-        with pytest.raises(ma.MethodError, match="grad_at='corrupt'"):
             lk.head_attribution(tiny_model, CLEAN, CORRUPT, TARGET, backend="transformer_lens")
+    else:
+        with pytest.raises(ma.MethodError, match="direction='denoise'"):
+            lk.head_attribution(tiny_model, CLEAN, CORRUPT, TARGET, direction="noise", backend="transformer_lens")

@@ -129,9 +129,11 @@ def frozen_hooks(
 ) -> list[tuple[str, Callable]]:
     """Hooks that replace attention patterns and norm scales by their detached clean values.
 
-    Circuit-tracer style linearisation (Ameisen et al. 2025, "Circuit Tracing"): with patterns
-    and scales constant, attention and normalisation are linear in the residual stream, so
-    gradients through them give direct linear effects. The clean values come from one no-grad
+    Circuit-tracer style freezing (Ameisen et al. 2025, "Circuit Tracing"): with patterns
+    and scales constant, attention and normalisation are linear in the residual stream. MLPs
+    stay nonlinear (circuit-tracer replaces them by transcoders; mechattr does not), so
+    gradients through the frozen model are first-order effects, linear only where no MLP lies
+    on the path. The clean values come from one no-grad
     forward on ``tokens`` (with ``embed`` if given); the hooks are for batches of that input."""
     names = freeze_names(adapter)
     box: dict[str, Tensor] = {}

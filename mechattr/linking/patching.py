@@ -1,21 +1,28 @@
 """Attribution patching of heads, MLPs and residual positions, and its integrated-gradients form.
 
 Attribution patching (Nanda 2023; Syed et al. 2023, "Attribution Patching Outperforms Automated
-Circuit Discovery") replaces one forward per patched component by one backward::
+Circuit Discovery") replaces one forward per patched component by one backward. The sign
+convention is named by ``direction`` (the project-wide convention, shared with
+``mechattr.circuits``) and recorded in every result:
 
-    score(node) = (a_clean − a_corrupt) · ∂metric/∂a
+* ``direction="denoise"`` (default; TransformerLens 4's ``tools.analysis.attribution_patching``):
+  gradient at the corrupt run, ``score = (a_clean − a_corrupt) · ∂m/∂a |corrupt``
+  ``≈ m(corrupt with the node set to clean) − m(corrupt)``;
+* ``direction="noise"`` (the EAP-IG paper's ``(corrupt − clean)·∇`` form): gradient at the clean
+  run, ``score = (a_corrupt − a_clean) · ∂m/∂a |clean ≈ m(clean with the node set to corrupt) −
+  m(clean)``.
 
-with the gradient taken at the clean run (``grad_at="clean"``: estimates
-``metric(clean) − metric(clean with the node set to its corrupt value)``, the noising effect) or
-at the corrupt run (``grad_at="corrupt"``: estimates ``metric(corrupt with the node set to its
-clean value) − metric(corrupt)``, the denoising effect; the convention of TransformerLens 4's
-``tools.analysis.attribution_patching``).
+The old ``grad_at`` argument is deprecated: ``grad_at="corrupt"`` is ``direction="denoise"``
+(identical scores); ``grad_at="clean"`` maps to ``direction="noise"``, whose scores are the
+NEGATIVE of what ``grad_at="clean"`` returned before (it multiplied by clean − corrupt).
 
 ``ig_steps > 1`` is EAP-IG (Hanna et al. 2024, "Have Faith in Faithfulness"): the gradient is
 averaged over ``ig_steps`` points on the straight path from the corrupt to the clean token
 embeddings (Gauss–Legendre nodes), which undoes the saturation that makes the one-point estimate
-unfaithful. At the model input the estimate is then complete: the residual scores of layer 0,
-summed over positions, equal ``metric(clean) − metric(corrupt)`` up to quadrature error.
+unfaithful; ``direction`` then only sets the sign (denoise: ``(a_clean − a_corrupt)·∇̄``, noise:
+``(a_corrupt − a_clean)·∇̄``). At the model input the estimate is complete: the residual scores
+of layer 0, summed over positions, equal ``m(clean) − m(corrupt)`` (denoise) or
+``m(corrupt) − m(clean)`` (noise) up to quadrature error.
 
 Nodes: heads (``attn.hook_z``), MLPs (``hook_mlp_out``) and residual stream positions
 (``hook_resid_pre`` of each layer). The metric is the sum of the target rows (a
@@ -41,6 +48,8 @@ from ..targets import LogitPlan, _score_logits
 from .heads import Taps, evaluate_hooked
 
 BACKENDS = ("mechattr", "transformer_lens")
+DIRECTIONS = ("denoise", "noise")
+_GRAD_AT_TO_DIRECTION = {"corrupt": "denoise", "clean": "noise"}
 
 
 @dataclass(frozen=True)
@@ -58,28 +67,49 @@ class PatchingResult:
     metric_clean: float
     metric_corrupt: float
     ig_steps: int
-    grad_at: str
+    grad_at: str  # where the gradient was taken: "clean", "corrupt" or "path" (EAP-IG)
     backend: str
     diagnostics: dict[str, Any] = field(default_factory=dict)
+    # Sign convention (CONVENTIONS: "denoise" = (clean − corrupt)·∇|corrupt, "noise" =
+    # (corrupt − clean)·∇|clean); see the module docstring.
+    direction: str = "denoise"
 
     @property
     def method(self) -> str:
         return "eap_ig" if self.ig_steps > 1 else "attribution_patching"
 
     def to_records(self) -> list[dict[str, Any]]:
-        """One row per node: kind, layer, head (or None), position (or None), score."""
+        """One row per node: kind, layer, head (or None), position (or None), score, and the
+        sign convention (``direction``) the score follows."""
         recs: list[dict[str, Any]] = []
         L, H = self.heads.shape
+        d = self.direction
         for layer in range(L):
             for h in range(H):
                 recs.append({"kind": "head", "layer": layer, "head": h, "position": None,
-                             "score": float(self.heads[layer, h])})
+                             "score": float(self.heads[layer, h]), "direction": d})
             recs.append({"kind": "mlp", "layer": layer, "head": None, "position": None,
-                         "score": float(self.mlp[layer])})
+                         "score": float(self.mlp[layer]), "direction": d})
             for p in range(self.resid.shape[1]):
                 recs.append({"kind": "resid_pre", "layer": layer, "head": None, "position": p,
-                             "score": float(self.resid[layer, p])})
+                             "score": float(self.resid[layer, p]), "direction": d})
         return recs
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-able summary: method, sign convention, metrics and the per-node records."""
+        return {
+            "method": self.method,
+            "direction": self.direction,
+            "grad_at": self.grad_at,
+            "ig_steps": self.ig_steps,
+            "backend": self.backend,
+            "tokens": list(self.tokens),
+            "corrupt_tokens": list(self.corrupt_tokens),
+            "metric_clean": self.metric_clean,
+            "metric_corrupt": self.metric_corrupt,
+            "records": self.to_records(),
+            "diagnostics": {k: v for k, v in self.diagnostics.items() if isinstance(v, (int, float, str, bool))},
+        }
 
     def to_dataframe(self) -> Any:
         import pandas as pd
@@ -130,7 +160,8 @@ def head_attribution(
     target: Any = None,
     *,
     ig_steps: int = 1,
-    grad_at: str = "clean",
+    direction: str | None = None,
+    grad_at: str | None = None,
     backend: str = "mechattr",
     batch_size: int = 8,
     contrast: Any = None,
@@ -139,6 +170,9 @@ def head_attribution(
     """Attribution patching (``ig_steps=1``) or EAP-IG (``ig_steps>1``) between a clean and a
     corrupted prompt of the same token length; see the module docstring.
 
+    ``direction``: ``"denoise"`` (default) or ``"noise"`` (CONVENTIONS.md). ``grad_at`` is
+    deprecated (``"corrupt"`` = denoise, ``"clean"`` = noise, with the noise sign).
+
     ``backend="transformer_lens"`` computes heads and MLPs with TL 4's
     ``tools.analysis.attribution_patching.attribution_patch`` (bridge models, logit targets,
     ``grad_at="corrupt"``, ``ig_steps=1`` — what that tool implements); residual positions then
@@ -146,8 +180,8 @@ def head_attribution(
     from ..api import resolve
 
     t0 = time.perf_counter()
-    if grad_at not in ("clean", "corrupt"):
-        raise MethodError(f"grad_at must be 'clean' or 'corrupt', got {grad_at!r}.")
+    direction = _resolve_direction(direction, grad_at)
+    grad_at = "corrupt" if direction == "denoise" else "clean"
     if backend not in BACKENDS:
         raise MethodError(f"backend must be one of {list(BACKENDS)}, got {backend!r}.")
     if isinstance(ig_steps, bool) or not isinstance(ig_steps, int) or ig_steps < 1:
@@ -187,7 +221,9 @@ def head_attribution(
                 w = weights[i : i + batch_size].to(e_clean.device)
                 for n in all_names:
                     grads[n] += einsum(gs[n].double(), w, "b ..., b -> ...")
-        delta = {n: (a_clean[n][0] - a_corr[n][0]).double() for n in all_names}
+        # denoise: (a_clean − a_corrupt)·∇; noise: (a_corrupt − a_clean)·∇ (CONVENTIONS.md)
+        sign = 1.0 if direction == "denoise" else -1.0
+        delta = {n: sign * (a_clean[n][0] - a_corr[n][0]).double() for n in all_names}
         heads_by_pos = torch.stack([(delta[n] * grads[n]).sum(-1) for n in names["z"]])  # l p h
         mlp_by_pos = torch.stack([(delta[n] * grads[n]).sum(-1) for n in names["mlp"]])  # l p
         resid = torch.stack([(delta[n] * grads[n]).sum(-1) for n in names["resid"]])  # l p
@@ -196,7 +232,7 @@ def head_attribution(
         if backend == "transformer_lens":
             heads_by_pos, mlp_by_pos = _tl_node_scores(adapter, plan, clean_toks, corr_toks, ig_steps, grad_at)
             used = "transformer_lens"
-    delta_m = float(m_clean[0] - m_corr[0])
+    delta_m = float(m_clean[0] - m_corr[0]) * (1.0 if direction == "denoise" else -1.0)
     diagnostics.update(
         {
             "seconds": time.perf_counter() - t0,
@@ -220,7 +256,39 @@ def head_attribution(
         grad_at=grad_at if ig_steps == 1 else "path",
         backend=used,
         diagnostics=diagnostics,
+        direction=direction,
     )
+
+
+def _resolve_direction(direction: Any, grad_at: Any) -> str:
+    if grad_at is not None:
+        if grad_at not in _GRAD_AT_TO_DIRECTION:
+            raise MethodError(f"grad_at must be 'clean' or 'corrupt', got {grad_at!r}; it is deprecated, use direction.")
+        mapped = _GRAD_AT_TO_DIRECTION[grad_at]
+        if direction is not None and direction != mapped:
+            raise MethodError(
+                f"grad_at={grad_at!r} means direction={mapped!r} but direction={direction!r} was given; "
+                "pass only direction (grad_at is deprecated)."
+            )
+        import warnings
+
+        msg = (
+            f"head_attribution(grad_at={grad_at!r}) is deprecated; use direction={mapped!r}. "
+        )
+        if grad_at == "clean":
+            msg += (
+                "Scores now follow the noise convention (a_corrupt − a_clean)·∂m/∂a|clean: the "
+                "NEGATIVE of what grad_at='clean' returned before."
+            )
+        else:
+            msg += "The scores are unchanged."
+        warnings.warn(msg, DeprecationWarning, stacklevel=3)
+        return mapped
+    if direction is None:
+        return "denoise"
+    if direction not in DIRECTIONS:
+        raise MethodError(f"direction must be 'denoise' or 'noise', got {direction!r}.")
+    return direction
 
 
 def tl_attribution_patching_available() -> bool:
@@ -244,7 +312,8 @@ def _tl_node_scores(
     if ig_steps != 1 or grad_at != "corrupt":
         raise MethodError(
             "TransformerLens' attribution_patch implements ig_steps=1 with the gradient at the "
-            "corrupt run only; pass grad_at='corrupt', ig_steps=1, or use backend='mechattr'."
+            "corrupt run only (direction='denoise'); pass direction='denoise', ig_steps=1, or use "
+            "backend='mechattr'."
         )
     if not isinstance(plan, LogitPlan):
         raise MethodError("backend='transformer_lens' takes targets read from the logits only.")

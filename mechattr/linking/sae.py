@@ -6,15 +6,22 @@ Any SAE-like object works (duck typing): ``encode(x) -> [.., d_sae]``, ``W_enc [
 explicitly. SAELens ``SAE`` objects qualify.
 
 Token → feature map: for the top-k active features at a position, the input×gradient of each
-feature's encoder pre-activation ``x · W_enc[:, f]`` with respect to the token embeddings, for all
-k features in ONE batched backward: the encoder directions are injected as the output gradients
-(``torch.autograd.grad(..., is_grads_batched=True)``), as circuit-tracer does for its nodes
-(Ameisen et al. 2025). For an active ReLU/JumpReLU feature the pre-activation and the activation
-have the same gradient, so this equals input×gradient of the feature itself.
+feature's encoder pre-activation with respect to the token embeddings, for all k features in ONE
+batched backward (one-hot output gradients on the pre-activations,
+``torch.autograd.grad(..., is_grads_batched=True)``, as circuit-tracer does for its nodes;
+Ameisen et al. 2025). The pre-activation is computed from exactly what the SAE was trained on
+(:func:`sae_pre_activation`): SAELens' ``process_sae_in`` (run-time input normalisation such as
+``normalize_activations="constant_norm_rescale"`` / ``"layer_norm"``, then ``- b_dec`` when
+``apply_b_dec_to_input``), so a normalising SAE's per-token rescaling is differentiated too. For
+an active ReLU/JumpReLU feature the pre-activation and the activation have the same gradient,
+so this equals input×gradient of the feature itself.
 
-Feature → output: ``activation_f · (W_dec[f] · ∂target/∂act)``, the first-order (with
-``freeze=True``: linear, frozen attention patterns and norm scales) direct effect of each feature's
-decoder write on the target.
+Feature → output: ``activation_f · (∂decode/∂act_f · ∂target/∂x)``, the first-order effect of
+each feature's decoder write (in the model's units: SAELens' ``decode`` undoes its input
+normalisation) on the target. ``freeze=True`` holds attention patterns and norm scales at their
+clean values, but MLPs stay nonlinear: the effect is then the gradient through a partly frozen
+model, *not* a linear direct effect (that needs linear replacements of the MLPs as well, e.g.
+transcoders in circuit-tracer).
 """
 
 from __future__ import annotations
@@ -98,6 +105,103 @@ def _check_d_in(adapter: ModelAdapter, tokens: Tensor, hook: str, W_enc: Tensor)
 def encode(sae: Any, x: Float[Tensor, "... d_in"]) -> Float[Tensor, "... d_sae"]:
     W_enc, _ = sae_weights(sae)
     return sae.encode(x.to(W_enc.dtype))
+
+
+_SAE_STATE = ("x_norm_coeff", "ln_mu", "ln_std")  # what SAELens' run-time normalisation stores
+
+
+class _sae_state:
+    """Restores the attributes SAELens' stateful input normalisation sets on the SAE object."""
+
+    def __init__(self, sae: Any) -> None:
+        self.sae = sae
+        self.saved = {k: getattr(sae, k) for k in _SAE_STATE if hasattr(sae, k)}
+
+    def __enter__(self) -> "_sae_state":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for k in _SAE_STATE:
+            if k in self.saved:
+                setattr(self.sae, k, self.saved[k])
+            elif hasattr(self.sae, k):
+                try:
+                    delattr(self.sae, k)
+                except AttributeError:
+                    pass
+
+
+def _cfg_get(sae: Any, name: str, default: Any = None) -> Any:
+    cfg = getattr(sae, "cfg", None)
+    if cfg is None:
+        return default
+    if isinstance(cfg, dict):
+        return cfg.get(name, default)
+    return getattr(cfg, name, default)
+
+
+def sae_input(sae: Any, x: Float[Tensor, "... d_in"]) -> Float[Tensor, "... d_in"]:
+    """What the SAE's encoder matrix multiplies: SAELens' ``process_sae_in`` when the SAE has it;
+    otherwise the SAELens rules read from ``cfg`` (``normalize_activations``:
+    ``constant_norm_rescale`` = x·sqrt(d_in)/|x|, ``layer_norm`` = (x − mean)/(std + 1e-5);
+    then ``x − b_dec`` if ``cfg.apply_b_dec_to_input``)."""
+    W_enc, _ = sae_weights(sae)
+    x = x.to(W_enc.dtype)
+    if hasattr(sae, "process_sae_in"):
+        return sae.process_sae_in(x)
+    norm = _cfg_get(sae, "normalize_activations", None)
+    if norm in (None, "none", "expected_average_only_in"):
+        pass  # the latter is folded into the weights for inference in SAELens
+    elif norm == "constant_norm_rescale":
+        x = x * (x.shape[-1] ** 0.5) / x.norm(dim=-1, keepdim=True)
+    elif norm == "layer_norm":
+        x = x - x.mean(-1, keepdim=True)
+        x = x / (x.std(-1, keepdim=True) + 1e-5)
+    else:
+        raise TargetError(
+            f"This SAE normalises its input with {norm!r}, which mechattr cannot reproduce without "
+            "process_sae_in(); give the SAE a process_sae_in(x) method (SAELens SAEs have one)."
+        )
+    if _cfg_get(sae, "apply_b_dec_to_input", False):
+        x = x - sae.b_dec.to(x)
+    return x
+
+
+def sae_pre_activation(sae: Any, x: Float[Tensor, "... d_in"]) -> Float[Tensor, "... d_sae"]:
+    """Encoder pre-activations exactly as the SAE computes them: SAELens'
+    ``encode_with_hidden_pre`` if present, else ``sae_input(x) @ W_enc + b_enc``."""
+    W_enc, _ = sae_weights(sae)
+    if hasattr(sae, "encode_with_hidden_pre"):
+        with _sae_state(sae):
+            _, pre = sae.encode_with_hidden_pre(x.to(W_enc.dtype))
+        return pre
+    with _sae_state(sae):
+        sin = sae_input(sae, x)
+    b_enc = getattr(sae, "b_enc", None)
+    pre = sin @ W_enc
+    return pre if b_enc is None else pre + b_enc.to(pre)
+
+
+def decoder_writes(
+    sae: Any, x: Float[Tensor, " d_in"], grads: Float[Tensor, "rows d_in"]
+) -> tuple[Float[Tensor, " d_sae"], Float[Tensor, "d_sae rows"]]:
+    """(activations, ``∂decode(acts)/∂act_f · grads[r]``) at one position: the decoder's write
+    per unit activation in the model's units (SAELens' ``decode`` undoes the input
+    normalisation it recorded at ``encode``), contracted with each row's gradient. Without a
+    ``decode`` method the write is ``W_dec[f]``."""
+    W_enc, W_dec = sae_weights(sae)
+    with _sae_state(sae):
+        acts = sae.encode(x.to(W_enc.dtype)).detach()
+        if not hasattr(sae, "decode"):
+            return acts, einsum(W_dec.detach().to(grads.dtype), grads, "f d, r d -> f r")
+        a = acts.clone().requires_grad_(True)
+        with torch.enable_grad():
+            out = sae.decode(a)
+            cols = [
+                torch.autograd.grad(out, a, grad_outputs=g.to(out.dtype), retain_graph=r < grads.shape[0] - 1)[0]
+                for r, g in enumerate(grads)
+            ]
+    return acts, torch.stack(cols, dim=-1).detach()
 
 
 # ----- feature as target -------------------------------------------------------------------------
@@ -207,7 +311,7 @@ def token_feature_map(
         x = x0.clone().requires_grad_(True)
         with torch.enable_grad():
             act = adapter.run_until(tokens, hook_name, embed=x, fwd_hooks=fz)
-            with torch.no_grad():
+            with torch.no_grad(), _sae_state(sae):
                 acts_all = encode(sae, act[0, pos]).float()
             if features is None:
                 active = torch.nonzero(acts_all > 0).reshape(-1)
@@ -220,10 +324,12 @@ def token_feature_map(
                 feats = active[order].tolist()
             else:
                 feats = _check_feature_ids(list(features), int(W_enc.shape[1]))
-            dirs = W_enc[:, feats].T.detach().to(act.dtype)  # k d_in
-            grad_out = torch.zeros(len(feats), *act.shape, dtype=act.dtype, device=act.device)
-            grad_out[:, 0, pos] = dirs
-            g, batched = _batched_input_grads(act, x, grad_out)  # k 1 pos d
+            # the pre-activations from exactly what the SAE was trained on (normalised input,
+            # b_dec removed), differentiated through that processing
+            pre = sae_pre_activation(sae, act[0, pos])  # [d_sae]
+            grad_out = torch.zeros(len(feats), *pre.shape, dtype=pre.dtype, device=pre.device)
+            grad_out[torch.arange(len(feats)), feats] = 1.0
+            g, batched = _batched_input_grads(pre, x, grad_out)  # k 1 pos d
         scores = einsum(g[:, 0], x0[0], "f p d, p d -> f p")
         if not attribute_bos and adapter.prepend_bos and int(tokens[0, 0]) == adapter.special_token_id("bos"):
             scores[:, 0] = 0.0
@@ -273,10 +379,13 @@ def feature_direct_effects(
     freeze: bool = False,
     _frozen: Sequence[Any] | None = None,
 ) -> tuple[Float[Tensor, "feature rows"], list[str]]:
-    """``act_f · (W_dec[f] · ∂target/∂act[position])`` for each feature, per target row.
+    """``act_f · (∂decode/∂act_f · ∂target/∂act[position])`` for each feature, per target row
+    (``W_dec[f]`` for the write when the SAE has no ``decode``; SAELens' ``decode`` maps back to
+    the model's units).
 
     With ``freeze=True`` attention patterns and norm scales downstream are held at their clean
-    values, so the effect is the linear direct effect (circuit-tracer style)."""
+    values; MLPs stay nonlinear, so this is the first-order effect through that partly frozen
+    model, not a linear direct effect."""
     from ..api import resolve
 
     adapter = as_adapter(model)
@@ -300,10 +409,9 @@ def feature_direct_effects(
             g = torch.stack(
                 [taps.grads(vals[0, r], retain_graph=r < plan.n_rows - 1)[hook_name][0, pos] for r in range(plan.n_rows)]
             )  # rows d
-        act = taps.acts[hook_name][0, pos]
-        with torch.no_grad():
-            f_act = encode(sae, act)[feats].float()
-            eff = f_act[:, None] * einsum(W_dec[feats].detach().float(), g.float(), "f d, r d -> f r")
+        act = taps.acts[hook_name][0, pos].detach()
+        acts, writes = decoder_writes(sae, act, g.detach())
+        eff = acts[feats].float()[:, None] * writes[feats].float()
     return eff, list(plan.labels)
 
 
@@ -314,4 +422,6 @@ __all__ = [
     "sae_hook_name",
     "sae_weights",
     "encode",
+    "sae_input",
+    "sae_pre_activation",
 ]

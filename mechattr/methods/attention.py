@@ -225,25 +225,38 @@ def attention_rollout(
     layered=True,
 )
 def attention_flow(
-    ctx: Context, *, residual_weight: float = 0.5, head_agg: str = "mean"
+    ctx: Context, *, residual_weight: float = 0.5, head_agg: str = "mean", normalize: bool = True
 ) -> MethodOutput:
     """Graph (see :mod:`mechattr.methods.flow`): nodes ``(k, i)`` for ``k = 0 .. L`` and positions
     ``i``; an edge ``(k-1, j) -> (k, i)`` with capacity ``Â_k[i, j]`` (:func:`mixing_matrices`);
-    the score of token ``j`` at layer axis index ``l`` is the maximum flow from source ``(0, j)``
-    to sink ``(l + 1, t)``, ``t`` the target's read position."""
+    the raw score of token ``j`` at layer axis index ``l`` is the maximum flow from source
+    ``(0, j)`` to sink ``(l + 1, t)``, ``t`` the target's read position.
+
+    ``normalize=True`` (default, as Abnar & Zuidema's code does for every output node) divides
+    each (layer, target) row of flows by its sum over the input tokens, so the scores of one
+    output form a distribution over the inputs; ``normalize=False`` keeps the raw max-flow
+    values (each at most 1, their sum is not 1)."""
     _check_weight(residual_weight)
     _check_agg("head_agg", head_agg)
+    if not isinstance(normalize, bool):
+        raise MethodError(f"normalize must be True or False, got {normalize!r}.")
     pats = _patterns(ctx, list(range(ctx.adapter.n_layers)))
     caps = mixing_matrices(pats, residual_weight, head_agg).cpu().numpy()
     res = layered_max_flow(caps, list(ctx.plan.positions), scale=DEFAULT_SCALE)
+    values = torch.as_tensor(res.values, dtype=torch.float64)
+    raw_sum = values.sum(-1)
+    if normalize:
+        values = values / raw_sum[..., None].clamp_min(torch.finfo(torch.float64).tiny)
     return MethodOutput(
-        torch.as_tensor(res.values, dtype=torch.float32),
+        values.float(),
         dims=("layer", "target", "src"),
-        params={"residual_weight": residual_weight, "head_agg": head_agg},
+        params={"residual_weight": residual_weight, "head_agg": head_agg, "normalize": normalize},
         diagnostics={
             "flow_max_gap": res.max_gap,
             "flow_problems": res.n_problems,
             "flow_solver_calls": res.n_solver_calls,
+            # the raw flows' sum per (layer, target) row, before any normalisation
+            "flow_raw_sum": raw_sum.tolist(),
         },
     )
 
@@ -285,18 +298,28 @@ def _w_o(ctx: Context, layer: int) -> Float[Tensor, "head d_head d_model"]:
     return ctx.adapter.model.blocks[layer].attn.W_O
 
 
+VWA_HEADS = ("combined", "per_head")
+
+
 @register(
     "value_weighted_attention",
     aliases=("attention_norm", "value_norm"),
     family="attention",
-    summary="Norm of each source's weighted, transformed value ||a_ij v_j W_O|| per head (Kobayashi et al. 2020).",
+    summary="Norm of what each source writes through a layer's attention, ||sum_h a_ij v_j W_O|| (Kobayashi et al. 2020).",
     layered=True,
 )
-def value_weighted_attention(ctx: Context) -> MethodOutput:
-    """``||α_{h,t,j} (x_j W_V^h + b_V^h) W_O^h||`` for every layer and head: what source ``j``
-    actually writes into the residual stream at ``t`` through head ``h`` (Kobayashi et al. 2020,
-    "Attention is not only a weight"). Grouped-query models share a key/value head among
-    ``n_heads / n_kv_heads`` query heads; values are repeated to the query heads."""
+def value_weighted_attention(ctx: Context, *, heads: str = "combined") -> MethodOutput:
+    """Kobayashi et al. 2020 ("Attention is not only a weight"): with
+    ``f_h(x_j) = (x_j W_V^h + b_V^h) W_O^h`` the transformed value of source ``j`` in head ``h``,
+    ``heads="combined"`` (default, the paper's layer-level norm) scores
+    ``||Σ_h α_{h,t,j} f_h(x_j)||`` per layer, what source ``j`` writes into the residual stream at
+    ``t`` through the whole attention layer (dims ``layer, target, src``); ``heads="per_head"``
+    keeps ``||α_{h,t,j} f_h(x_j)||`` per head (dims ``layer, head, target, src``; summing those
+    over heads is an upper bound of the combined norm, not the paper's score). Grouped-query
+    models share a key/value head among ``n_heads / n_kv_heads`` query heads; values are
+    repeated to the query heads."""
+    if heads not in VWA_HEADS:
+        raise MethodError(f"heads must be one of {list(VWA_HEADS)}, got {heads!r}.")
     a = ctx.adapter
     layers = list(range(a.n_layers))
     v_name = lambda l: (f"blocks.{l}.attn.hook_v",)  # noqa: E731
@@ -311,10 +334,13 @@ def value_weighted_attention(ctx: Context) -> MethodOutput:
             # head h reads key/value head h // (H / n_kv), as in TransformerLens and HF repeat_kv
             v = repeat(v, "p kv d -> p (kv g) d", g=H // v.shape[-2])
         vo = einsum(v, _w_o(ctx, l).detach().to(v.dtype), "p h d, h d m -> h p m")
-        norms = vo.norm(dim=-1)  # [head, src]
         p = _rows(ctx, pats[l][0].detach())  # [head, target, src]
-        out.append(p * norms[:, None, :])
-    return MethodOutput(torch.stack(out).float(), dims=("layer", "head", "target", "src"))
+        if heads == "per_head":
+            out.append(p * vo.norm(dim=-1)[:, None, :])
+        else:  # the vector sum over heads first, then the norm
+            out.append(einsum(p, vo, "h t p, h p m -> t p m").norm(dim=-1))
+    dims = ("layer", "head", "target", "src") if heads == "per_head" else ("layer", "target", "src")
+    return MethodOutput(torch.stack(out).float(), dims=dims, params={"heads": heads})
 
 
 @register(

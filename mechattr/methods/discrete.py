@@ -4,15 +4,16 @@ DIG (Sanyal & Ren 2021, "Discretized Integrated Gradients for Explaining Languag
 replaces IG's straight line by a path through *anchor words*: starting at the input word, each
 step picks a word among the k nearest neighbours (in token-embedding space) of the current word,
 then *monotonizes* it: dimensions of the anchor that lie between the baseline and the current
-point are kept, the others are moved to ``cur - (cur - baseline) / m`` (``m = n_anchors + 1``),
-so every coordinate of the path moves monotonically from baseline to input. GREEDY picks the
-anchor closest to its monotonized version, MAXCOUNT the anchor with most monotonic dimensions.
+point are kept, the others are moved to ``cur - (cur - baseline) / m`` (``m = n_anchors``, the
+reference code's ``steps``), so every coordinate of the path moves monotonically from baseline
+to input. GREEDY picks the anchor closest to its monotonized version, MAXCOUNT the anchor with
+most monotonic dimensions.
 
-UDIG (Roy et al. 2024, "Uniform Discretized Integrated Gradients") keeps DIG's neighbour search
-and monotonization but aims the anchors at points spaced uniformly on the straight line: step
-``s`` of ``A`` picks the neighbour whose projection onto the baseline->input line is nearest to
-``alpha_s = 1 - s / (A + 1)``, and its non-monotonic dimensions fall back to the line point at
-``alpha_s`` (clamped between baseline and current point to stay monotone).
+UDIG (Roy et al. 2022, "Uniform Discretized Integrated Gradients"; ``linear_word_path`` in its
+code) takes ``A`` evenly spaced points ``b + s / (A + 1) (x - b)``, ``s = A .. 1``, on the
+straight baseline -> input line, walks them from the input side, and at each takes the ``k``
+vocabulary words nearest to *that line point* (not to the current word) as candidates, choosing
+among them with DIG's GREEDY / MAXCOUNT rule and monotonizing the choice as DIG does.
 
 The path is a polyline baseline = p_0, p_1 .. p_A (monotonized anchors), p_{A+1} = input;
 ``n_steps`` gradient intervals are spread over its segments and the attribution is the
@@ -57,7 +58,8 @@ from ._common import (
     reduce_hidden,
 )
 
-STRATEGIES = ("greedy", "maxcount", "uniform")
+STRATEGIES = ("greedy", "maxcount")
+CANDIDATES = ("word", "line")
 RULES = ("left", "midpoint", "trapezoid")
 
 
@@ -114,14 +116,20 @@ def discrete_path(
     n_anchors: int,
     n_neighbors: int = 50,
     anchor_vocab: Any = None,
+    candidates: str = "word",
 ) -> DiscretePath:
     """Anchor search and monotonization for all free positions and baselines at once.
 
-    The search walks from the input word towards the baseline (as DIG does) and the nodes are
-    returned in baseline -> input order. Monotonicity of a candidate is judged against the
-    current (already monotonized) point, the same point monotonization then uses."""
+    ``candidates="word"`` (DIG): the neighbours of the current anchor word in the vocabulary kNN
+    graph; ``"line"`` (UDIG): the ``n_neighbors`` vocabulary words nearest to the line point
+    ``b + (A - s) / (A + 1) (x - b)`` of step ``s``. The search walks from the input word
+    towards the baseline and the nodes are returned in baseline -> input order. Monotonicity of
+    a candidate is judged against the current (already monotonized) point, the same point
+    monotonization then uses."""
     if strategy not in STRATEGIES:
         raise MethodError(f"Unknown anchor strategy {strategy!r}; choose one of {list(STRATEGIES)}.")
+    if candidates not in CANDIDATES:
+        raise MethodError(f"Unknown candidate rule {candidates!r}; choose one of {list(CANDIDATES)}.")
     x = ctx.input_embed()[0]  # [pos, d]
     nb, n_pos, d = baselines.shape
     A = n_anchors
@@ -140,32 +148,36 @@ def discrete_path(
     S = _anchor_vocab(ctx, anchor_vocab)
     E = vocab_embeddings(ctx, S).to(x.dtype)  # [N, d]
     k = min(int(n_neighbors), int(S.numel()) - 1)
-    graph, _ = knn_graph(E, k)
-    graph = graph.to(x.device)
+    graph = knn_graph(E, k)[0].to(x.device) if candidates == "word" else None
     S_dev = S.to(x.device)
+    dt = torch.float64 if E.shape[0] <= 8192 else torch.float32  # as the graph's build
 
     x0 = x[qp]  # [Q, d]
     b = baselines[qb, qp]  # [Q, d]
     line = x0 - b
-    line_sq = (line * line).sum(-1).clamp_min(torch.finfo(x.dtype).tiny)
     cur = x0.clone()
     cur_node = torch.full((Q,), -1, dtype=torch.long, device=x.device)  # index into S
     visited = torch.full((Q, A + 1), -1, dtype=torch.long, device=x.device)
     visited[:, 0] = ctx.tokens[0, qp]
-    m = float(A + 1)
+    m = float(A)  # the reference code's monotonization step 1/steps, steps = n_anchors
     rows = torch.arange(Q, device=x.device)
     path = [x0]
     for s in range(A):
-        # Neighbours of the current word; the first step (and any position whose walk has not
-        # found a word yet) asks directly for the input point's nearest vocabulary entries.
-        need_query = cur_node < 0
         cand = torch.empty(Q, k, dtype=torch.long, device=x.device)
-        if bool((~need_query).any()):
-            cand[~need_query] = graph[cur_node[~need_query]]
-        if bool(need_query.any()):
-            dt = torch.float64 if E.shape[0] <= 8192 else torch.float32  # as the graph's build
-            d2 = torch.cdist(cur[need_query].to(dt), E.to(dt))
-            cand[need_query] = d2.topk(k, dim=-1, largest=False).indices
+        if candidates == "line":
+            # UDIG: the words nearest to the s-th evenly spaced point, walked from the input side
+            pt = b + ((A - s) / (A + 1.0)) * line
+            d2 = torch.cdist(pt.to(dt), E.to(dt))
+            cand[:] = d2.topk(k, dim=-1, largest=False, sorted=True).indices
+        else:
+            # DIG: neighbours of the current word; the first step (and any position whose walk
+            # has not found a word yet) asks for the input point's nearest vocabulary entries.
+            need_query = cur_node < 0
+            if bool((~need_query).any()):
+                cand[~need_query] = graph[cur_node[~need_query]]
+            if bool(need_query.any()):
+                d2 = torch.cdist(cur[need_query].to(dt), E.to(dt))
+                cand[need_query] = d2.topk(k, dim=-1, largest=False).indices
         ca = E[cand]  # [Q, k, d]
         lo = torch.minimum(b, cur)[:, None]
         hi = torch.maximum(b, cur)[:, None]
@@ -173,19 +185,13 @@ def discrete_path(
         tok = S_dev[cand]
         valid = ~(tok[:, :, None] == visited[:, None, :]).any(-1)
         valid &= ~(ca == b[:, None]).all(-1) & ~(ca == cur[:, None]).all(-1)
-        if strategy == "uniform":
-            alpha = 1.0 - (s + 1) / m
-            fallback = torch.minimum(torch.maximum(b + alpha * line, lo[:, 0]), hi[:, 0])
-            proj = einsum(ca - b[:, None], line, "q k d, q d -> q k") / line_sq[:, None]
-            score = (proj - alpha).abs()
-        else:
-            fallback = cur - (cur - b) / m
-            mono_pt = torch.where(mono, ca, fallback[:, None])
-            dist = (mono_pt - ca).norm(dim=-1)
-            if strategy == "greedy":
-                score = dist
-            else:  # maxcount; ties broken by the greedy distance (scaled below one count)
-                score = -mono.sum(-1).to(dist.dtype) + dist / (dist.max() + 1.0)
+        fallback = cur - (cur - b) / m
+        mono_pt = torch.where(mono, ca, fallback[:, None])
+        dist = (mono_pt - ca).norm(dim=-1)
+        if strategy == "greedy":
+            score = dist
+        else:  # maxcount; ties broken by the greedy distance (scaled below one count)
+            score = -mono.sum(-1).to(dist.dtype) + dist / (dist.max() + 1.0)
         score = score.masked_fill(~valid, float("inf"))
         pick = score.argmin(-1)
         found = valid[rows, pick]
@@ -236,14 +242,17 @@ def _path_attribution(
     ctx: Context,
     *,
     strategy: str,
-    n_steps: int,
+    n_steps: int | None,
     n_anchors: int,
     n_neighbors: int,
     rule: str,
     baseline: Any,
     reduce: str,
     anchor_vocab: Any,
+    candidates: str,
 ) -> MethodOutput:
+    if n_steps is None:
+        n_steps = n_anchors + 1  # one interval per path segment, as the papers' sums
     check_positive_int("n_steps", n_steps)
     check_positive_int("n_anchors", n_anchors, minimum=0)
     check_positive_int("n_neighbors", n_neighbors)
@@ -260,7 +269,8 @@ def _path_attribution(
     B = build_baselines(ctx, spec)  # [nb, pos, d]
     nb = B.shape[0]
     path = discrete_path(
-        ctx, B, strategy=strategy, n_anchors=n_anchors, n_neighbors=n_neighbors, anchor_vocab=anchor_vocab
+        ctx, B, strategy=strategy, n_anchors=n_anchors, n_neighbors=n_neighbors, anchor_vocab=anchor_vocab,
+        candidates=candidates,
     )
     quads = [quadrature(path.nodes[i], n_steps, rule) for i in range(nb)]
     P = torch.cat([q[0] for q in quads])  # [nb * J, pos, d]
@@ -302,7 +312,7 @@ def _path_attribution(
             "baseline": describe(baseline),
             "reduce": reduce,
             "anchor_vocab": anchor_vocab if anchor_vocab is None or isinstance(anchor_vocab, int) else list(map(int, anchor_vocab)),
-            **({"strategy": strategy} if strategy != "uniform" else {}),
+            "strategy": strategy,
         },
         diagnostics=diag,
     )
@@ -319,8 +329,8 @@ def discretized_integrated_gradients(
     ctx: Context,
     *,
     strategy: str = "greedy",
-    n_steps: int = 32,
-    n_anchors: int = 8,
+    n_steps: int | None = None,
+    n_anchors: int = 30,
     n_neighbors: int = 50,
     rule: str = "trapezoid",
     baseline: Any = "auto",
@@ -331,7 +341,7 @@ def discretized_integrated_gradients(
         raise MethodError(f"Unknown DIG strategy {strategy!r}; choose 'greedy' or 'maxcount'.")
     return _path_attribution(
         ctx, strategy=strategy, n_steps=n_steps, n_anchors=n_anchors, n_neighbors=n_neighbors,
-        rule=rule, baseline=baseline, reduce=reduce, anchor_vocab=anchor_vocab,
+        rule=rule, baseline=baseline, reduce=reduce, anchor_vocab=anchor_vocab, candidates="word",
     )
 
 
@@ -339,21 +349,24 @@ def discretized_integrated_gradients(
     "uniform_discretized_integrated_gradients",
     aliases=("udig",),
     family="discrete",
-    summary="DIG with anchors aimed at uniformly spaced points of the straight path (Roy et al. 2024).",
+    summary="DIG with anchors chosen among the words nearest to evenly spaced points of the straight path (Roy et al. 2022).",
     promises=("completeness",),
 )
 def uniform_discretized_integrated_gradients(
     ctx: Context,
     *,
-    n_steps: int = 32,
-    n_anchors: int = 8,
-    n_neighbors: int = 50,
+    strategy: str = "greedy",
+    n_steps: int | None = None,
+    n_anchors: int = 30,
+    n_neighbors: int = 30,
     rule: str = "trapezoid",
     baseline: Any = "auto",
     reduce: str = "sum",
     anchor_vocab: int | Sequence[int] | None = None,
 ) -> MethodOutput:
+    if strategy not in STRATEGIES:
+        raise MethodError(f"Unknown UDIG strategy {strategy!r}; choose 'greedy' or 'maxcount'.")
     return _path_attribution(
-        ctx, strategy="uniform", n_steps=n_steps, n_anchors=n_anchors, n_neighbors=n_neighbors,
-        rule=rule, baseline=baseline, reduce=reduce, anchor_vocab=anchor_vocab,
+        ctx, strategy=strategy, n_steps=n_steps, n_anchors=n_anchors, n_neighbors=n_neighbors,
+        rule=rule, baseline=baseline, reduce=reduce, anchor_vocab=anchor_vocab, candidates="line",
     )

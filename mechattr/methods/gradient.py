@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from einops import einsum, repeat
 
-from ..baselines import auto_baseline, build_baselines, describe, is_multi
+from ..baselines import auto_baseline, build_baselines, data_baselines, describe, is_multi
 from ..errors import MethodError
 from ..registry import MethodOutput, register
 from ._common import (
@@ -334,17 +334,36 @@ def gradient_shap(
     ctx: Context,
     *,
     n_samples: int = 50,
-    baseline: Any = ("zero", "gaussian"),
+    baseline: Any = None,
+    data: Any = None,
+    n_baselines: int = 20,
     stdev: float = 0.0,
     reduce: str = "sum",
 ) -> MethodOutput:
+    """GradientSHAP as Captum defines it (Lundberg & Lee 2017; expected gradients, Erion et al.
+    2021): for sample ``k`` a baseline ``b_k`` drawn from data, ``alpha_k ~ U(0, 1)`` and noise
+    ``eps_k ~ N(0, stdev^2)`` on the input; the attribution is the mean over samples of
+    ``(x + eps_k - b_k) * grad f(b_k + alpha_k (x + eps_k - b_k))``.
+
+    Baselines (default): ``n_baselines`` embeddings of real token sequences, windows of
+    ``data`` (texts or token ids; see :func:`mechattr.baselines.data_baselines`) or, without
+    ``data``, uniformly drawn vocabulary tokens. ``baseline=`` any spec of
+    :mod:`mechattr.baselines` (e.g. ``["zero", "gaussian"]``, the former default) replaces them."""
     check_positive_int("n_samples", n_samples)
     check_reduce(reduce)
     if not stdev >= 0:
         raise MethodError(f"stdev must be >= 0, got {stdev!r}.")
+    if baseline is not None and data is not None:
+        raise MethodError("Give either baseline= (a fixed spec) or data= (sequences to draw baselines from), not both.")
     x = ctx.input_embed()[0]
-    spec = list(baseline) if isinstance(baseline, tuple) else baseline
-    B = build_baselines(ctx, spec if is_multi(spec) or not isinstance(spec, list) else spec)
+    if baseline is None:
+        B, _ = data_baselines(ctx, data, n_baselines, ctx.generator(3000))
+        B = B.to(x)
+        used: Any = "data" if data is not None else "random_tokens"
+    else:
+        spec = list(baseline) if isinstance(baseline, tuple) else baseline
+        B = build_baselines(ctx, spec if is_multi(spec) or not isinstance(spec, list) else spec)
+        used = describe(baseline)
     g = ctx.generator()
     pick = torch.randint(0, B.shape[0], (n_samples,), generator=g)
     alpha = torch.rand(n_samples, generator=g, dtype=torch.float64).to(x)
@@ -357,7 +376,8 @@ def gradient_shap(
         return b + alpha[sl, None, None] * (x + noise[sl] - b)
 
     def per_point(sl: slice, grads: torch.Tensor) -> None:
-        diff = (x - B[pick[sl]]).double()
+        # Captum multiplies by the noised input minus the baseline, the path actually taken
+        diff = (x + noise[sl] - B[pick[sl]]).double()
         acc.add_(einsum(grads.double(), diff, "r b p d, b p d -> r p d"))
 
     grad_map(ctx, n_samples, make, per_point)
@@ -367,11 +387,13 @@ def gradient_shap(
     f_b = ctx.values(B[pick]).mean(0)
     diag = completeness(acc.sum(dim=(-1, -2)), f_x, f_b)
     diag["note"] = "GradientSHAP is complete only in expectation; the error shrinks with n_samples."
+    diag["n_baselines"] = int(B.shape[0])
     return MethodOutput(
         scores,
         params={
             "n_samples": n_samples,
-            "baseline": describe(baseline),
+            "baseline": used,
+            "n_baselines": int(B.shape[0]),
             "stdev": stdev,
             "reduce": reduce,
             "seed": ctx.seed,

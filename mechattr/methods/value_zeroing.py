@@ -2,15 +2,25 @@
 
 For layer l and source token j, the value vector of j is zeroed in every head of layer l only
 (``blocks.{l}.attn.hook_v``), so no head of that layer can move j's content to other tokens,
-while j still takes part in the attention softmax (its key is untouched). The score of target
+while j still takes part in the attention softmax (its key is untouched). The mixing score of
 position i is how much i's representation at the output of the same layer
 (``blocks.{l}.hook_resid_post``) changes:
 
     VZ[l, i, j] = 1 - cos(x_i^l, x_i^{l, v_j = 0})            (measure="cosine", the paper's)
 
-With ``normalize=True`` each (layer, target) row is divided by its sum over sources, as the
-paper does before comparing with attention maps. ``measure="target"`` reports instead how much
-the attributed target value drops when v_j is zeroed in layer l: f(x) - f(x | v_j^l = 0).
+Defaults follow the paper's reference code: every token is zeroed, BOS included
+(``sources="all"``); each row ``VZ[l, i, :]`` is divided by its sum over sources
+(``normalize=True``); and the token scores describe the *input*: ``aggregate="rollout"``
+multiplies the row-normalised layer matrices as attention rollout does, without adding the
+identity (value zeroing already measures the output of the residual block):
+``R_0 = VZ_0``, ``R_l = VZ_l R_{l-1}``, so ``R_l[t, j]`` is the share of input token j in
+position t after layer l. ``aggregate="layer"`` returns the per-layer matrices instead
+(mechattr's earlier output, whose token scores describe the last layer only).
+
+``sources="attributed"`` zeroes only the attributed positions (BOS fixed, score 0, unless
+``attribute_bos=True``), as mechattr did before. ``measure="target"`` reports instead how much
+the attributed target value drops when v_j is zeroed in layer l: f(x) - f(x | v_j^l = 0)
+(signed, per layer, no normalisation or rollout).
 
 Grouped-query attention: ``hook_v`` carries the key/value heads ([batch, pos, n_kv_heads,
 d_head]); zeroing a position there zeroes it for every query head that shares the kv head,
@@ -33,6 +43,8 @@ from ..registry import MethodOutput, register
 from ._common import Context, mask_fixed
 
 MEASURES = ("cosine", "target")
+AGGREGATES = ("rollout", "layer")
+SOURCES = ("all", "attributed")
 
 
 def zero_values_hook(keep: Bool[Tensor, "batch pos"]) -> Callable[[Tensor, Any], Tensor]:
@@ -66,29 +78,69 @@ def _original_resid(ctx: Context) -> Float[Tensor, "layer pos d_model"]:
     return torch.stack([box[l] for l in range(a.n_layers)])
 
 
+def row_normalize(m: Float[Tensor, "... dst src"]) -> Float[Tensor, "... dst src"]:
+    return m / m.sum(-1, keepdim=True).clamp_min(1e-12)
+
+
+def value_zeroing_rollout(vz: Float[Tensor, "layer dst src"]) -> Float[Tensor, "layer dst src"]:
+    """``R_0 = VZ_0``, ``R_l = VZ_l R_{l-1}`` (no identity added: the reference's rollout of
+    value-zeroing matrices); ``R_l[i, j]``: share of input token j in position i after layer l."""
+    out = []
+    r = None
+    for m in vz:  # a product along depth: the only loop, over layers
+        r = m if r is None else m @ r
+        out.append(r)
+    return torch.stack(out)
+
+
 @register(
     "value_zeroing",
     aliases=("vz",),
     family="context_mixing",
-    summary="Change of each layer's output at the target when one token's values are zeroed there (Mohebbi et al. 2023).",
+    summary="Value zeroing (Mohebbi et al. 2023): context mixing per layer, rolled out to the input.",
     layered=True,
 )
-def value_zeroing(ctx: Context, *, measure: str = "cosine", normalize: bool = False) -> MethodOutput:
+def value_zeroing(
+    ctx: Context,
+    *,
+    measure: str = "cosine",
+    normalize: bool | None = None,
+    aggregate: str | None = None,
+    sources: str = "all",
+) -> MethodOutput:
     if measure not in MEASURES:
         raise MethodError(f"Unknown measure {measure!r}; choose one of {list(MEASURES)}.")
-    if not isinstance(normalize, bool):
+    if sources not in SOURCES:
+        raise MethodError(f"sources must be one of {list(SOURCES)}, got {sources!r}.")
+    if normalize is not None and not isinstance(normalize, bool):
         raise MethodError(f"normalize must be True or False, got {normalize!r}.")
-    if normalize and measure != "cosine":
-        raise MethodError("normalize=True applies to measure='cosine' (a distance); drop it for 'target'.")
+    if aggregate is not None and aggregate not in AGGREGATES:
+        raise MethodError(f"aggregate must be one of {list(AGGREGATES)}, got {aggregate!r}.")
+    if measure == "target":
+        if normalize:
+            raise MethodError("normalize=True applies to measure='cosine' (a distance); drop it for 'target'.")
+        if aggregate == "rollout":
+            raise MethodError("aggregate='rollout' multiplies cosine mixing matrices; use measure='cosine' or aggregate='layer'.")
+        normalize, aggregate = False, "layer"
+    normalize = True if normalize is None else normalize
+    aggregate = "rollout" if aggregate is None else aggregate
+    if aggregate == "rollout" and not normalize:
+        raise MethodError("aggregate='rollout' multiplies row-normalised matrices; pass normalize=True or aggregate='layer'.")
     a = ctx.adapter
     n_pos, rows = ctx.n_pos, ctx.plan.n_rows
     L = a.n_layers
-    src = ctx.free.nonzero(as_tuple=True)[0]  # sources to zero; fixed ones keep score 0
-    target_pos = torch.tensor(ctx.plan.positions, device=ctx.tokens.device)
-    scores = torch.zeros(L, rows, n_pos, dtype=torch.float64)
-    orig = _original_resid(ctx)[:, target_pos] if measure == "cosine" else None  # [L, rows, d]
-    f_x = ctx.values()[0] if measure == "target" else None
-    eye = torch.eye(n_pos, dtype=torch.bool, device=ctx.tokens.device)
+    dev = ctx.tokens.device
+    zero = torch.ones(n_pos, dtype=torch.bool, device=dev) if sources == "all" else ctx.free
+    src = zero.nonzero(as_tuple=True)[0]  # sources to zero; the others keep score 0
+    target_pos = torch.tensor(ctx.plan.positions, device=dev)
+    eye = torch.eye(n_pos, dtype=torch.bool, device=dev)
+    if measure == "cosine":
+        # every destination position (the rollout needs whole matrices); rows read at the end
+        full = torch.zeros(L, n_pos, n_pos, dtype=torch.float64)
+        orig = _original_resid(ctx)  # [L, pos, d]
+    else:
+        scores = torch.zeros(L, rows, n_pos, dtype=torch.float64)
+        f_x = ctx.values()[0]
     with torch.no_grad():
         for layer in range(L):
             v_hook = f"blocks.{layer}.attn.hook_v"
@@ -99,18 +151,22 @@ def value_zeroing(ctx: Context, *, measure: str = "cosine", normalize: bool = Fa
                 hooks = [(v_hook, zero_values_hook(keep))]
                 if measure == "cosine":
                     resid = a.run_until(toks, f"blocks.{layer}.hook_resid_post", fwd_hooks=hooks)
-                    new = resid[:, target_pos]  # [n, rows, d]
-                    cos = F.cosine_similarity(new.double(), orig[layer][None].double(), dim=-1)
-                    val = 1.0 - cos
+                    cos = F.cosine_similarity(resid.double(), orig[layer][None].double(), dim=-1)  # [n, pos]
+                    full[layer, :, js.cpu()] = rearrange(1.0 - cos, "n dst -> dst n").cpu()
                 else:
                     val = f_x[None].double() - ctx.plan.evaluate(a, toks, fwd_hooks=hooks).double()
-                scores[layer, :, js.cpu()] = rearrange(val, "n rows -> rows n").cpu()
-    scores = mask_fixed(ctx, scores)
-    if normalize:
-        scores = scores / scores.sum(-1, keepdim=True).clamp_min(1e-12)
+                    scores[layer, :, js.cpu()] = rearrange(val, "n rows -> rows n").cpu()
+    if measure == "cosine":
+        if normalize:
+            full = row_normalize(full)
+        if aggregate == "rollout":
+            full = value_zeroing_rollout(full)
+        scores = full[:, target_pos.cpu()]
+    if sources == "attributed":
+        scores = mask_fixed(ctx, scores)
     return MethodOutput(
         scores.float(),
         dims=("layer", "target", "src"),
-        params={"measure": measure, "normalize": normalize},
+        params={"measure": measure, "normalize": normalize, "aggregate": aggregate, "sources": sources},
         diagnostics={"n_forward_sequences": int(src.numel()) * L, "batch_size": ctx.max_batch(with_grad=False)},
     )
