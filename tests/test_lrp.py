@@ -134,8 +134,9 @@ class SoftmaxT(torch.autograd.Function):
         return s * (g - (g * s).sum(-1, keepdim=True)), None
 
 
-def patch_rules(mp: pytest.MonkeyPatch, hf: Any, rules: str) -> None:
-    """Apply ``rules`` ('attnlrp', 'cp_lrp', 'gim') to the HF model's modules (undone by mp)."""
+def patch_rules(mp: pytest.MonkeyPatch, hf: Any, rules: str, box: dict | None = None) -> None:
+    """Apply ``rules`` ('attnlrp', 'cp_lrp', 'gim') to the HF model's modules (undone by mp);
+    ``box['z']`` collects each layer's head outputs [batch, pos, head, d_head]."""
     from transformers.models.gpt2 import modeling_gpt2
     from transformers.models.llama import modeling_llama
 
@@ -192,19 +193,39 @@ def patch_rules(mp: pytest.MonkeyPatch, hf: Any, rules: str) -> None:
             out = UniformProduct.apply(A, v, True)
         else:
             out = A @ v
-        return out.transpose(1, 2).contiguous(), A
+        out = out.transpose(1, 2).contiguous()
+        if box is not None:
+            box.setdefault("z", []).append(out)
+        return out, A
 
     mp.setattr(modeling_gpt2, "eager_attention_forward", attention)
     mp.setattr(modeling_llama, "eager_attention_forward", attention)
 
 
-def hf_relevance(hf: Any, ids: list[int], target_id: int, kind: str = "log_prob") -> torch.Tensor:
+def hf_relevance(hf: Any, ids: list[int], target_id: int, kind: str = "log_prob",
+                 box: dict | None = None, hidden: int | None = None) -> Any:
+    """Input relevance [pos]; with ``box``, also each layer's head relevance [head, pos]; with
+    ``hidden=l``, also (residual before layer l, its gradient)."""
     emb = hf.get_input_embeddings()(torch.tensor([ids])).detach().requires_grad_(True)
     with torch.enable_grad():
-        logits = hf(inputs_embeds=emb, use_cache=False).logits[0, -1]
+        out = hf(inputs_embeds=emb, use_cache=False, output_hidden_states=hidden is not None)
+        logits = out.logits[0, -1]
         v = torch.log_softmax(logits, -1)[target_id] if kind == "log_prob" else logits[target_id]
-        (g,) = torch.autograd.grad(v, emb)
-    return (emb * g).sum(-1)[0].detach()
+        extra = list(box["z"]) if box is not None else []
+        if hidden is not None:
+            extra.append(out.hidden_states[hidden])
+        g, *gz = torch.autograd.grad(v, [emb] + extra)
+    inp = (emb * g).sum(-1)[0].detach()
+    if box is None and hidden is None:
+        return inp
+    heads = None
+    if box is not None:
+        heads = torch.stack([
+            (z * gg).reshape(*z.shape[:2], hf.config.num_attention_heads, -1).sum(-1)[0].T
+            for z, gg in zip(box["z"], gz[: len(box["z"])])
+        ]).detach()
+    res = (out.hidden_states[hidden][0].detach(), gz[-1][0].detach()) if hidden is not None else None
+    return inp, heads, res
 
 
 # ----- independent references ------------------------------------------------------------------------
@@ -343,3 +364,69 @@ def test_bad_input(tiny_model: Any, monkeypatch: pytest.MonkeyPatch) -> None:
         with pytest.raises(MethodError, match="normalization"):
             ma.attribute(tiny_model, TEXT, " Paris", method="gim", quiet=True)
         monkeypatch.undo()
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_head_and_sae_relevance_match_hf_reference(arch: str, gpt2_dir: Path, llama_dir: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from mechattr.linking import lrp_relevance
+
+    d = gpt2_dir if arch == "gpt2" else llama_dir
+    model = tl_model(d, KINDS[0])
+    hf = hf_model(d)
+    d_model = hf.config.hidden_size
+    g = torch.Generator().manual_seed(1)
+
+    class SAE:  # SAE-like: encode, W_enc, b_enc, W_dec, hook
+        hook = "blocks.1.hook_resid_pre"
+        W_enc = torch.randn(d_model, 16, generator=g)
+        b_enc = torch.zeros(16)
+        W_dec = torch.randn(16, d_model, generator=g)
+
+        def encode(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.relu(x @ self.W_enc + self.b_enc)
+
+    sae = SAE()
+    rel = lrp_relevance(model, TEXT, " Paris", rules="attnlrp", sae=sae, k=4)
+    res = ma.attribute(model, TEXT, " Paris", method="attnlrp", attribute_bos=True, quiet=True)
+    assert torch.allclose(rel.input[0], res.token_scores(), atol=1e-6)
+    box: dict = {}
+    with monkeypatch.context() as mp:
+        patch_rules(mp, hf, "attnlrp", box)
+        inp, heads, (h1, g1) = hf_relevance(hf, res.token_ids, int(res.target_token_ids[0]), box=box, hidden=1)
+    assert torch.allclose(rel.input[0], inp, atol=1e-5)
+    assert torch.allclose(rel.heads[:, :, 0], heads, atol=1e-5)  # [layer, head, pos]
+    assert heads.abs().max() > 1e-4
+    # SAE latents: act_f * (W_dec[f] . modified gradient) at the SAE's hook, per position
+    acts = sae.encode(h1)  # pos f
+    ref = acts * (g1 @ sae.W_dec.T)  # pos f
+    assert len(rel.features) == 4 and rel.feature_relevance is not None
+    assert torch.allclose(rel.feature_relevance[:, 0], ref[:, rel.features].T, atol=1e-5)
+    top = ref.sum(0).abs().argsort(descending=True)[:4].tolist()
+    assert rel.features == top
+    assert rel.heads_attribution().dims == ("layer", "head", "target", "src")
+
+
+def test_relp_head_attribution(tiny_model: Any) -> None:
+    """RelP: head_attribution with the AttnLRP backward equals (a_clean - a_corrupt) . the
+    modified gradient, the gradient taken from lrp_relevance's pass on the clean prompt."""
+    from mechattr.api import resolve
+    from mechattr.methods.lrp import relevance_pass
+    from mechattr.methods.lrp_rules import rule_set
+
+    clean, corrupt = "The capital of France is", "The capital of Spain is"
+    with model_unchanged(tiny_model):
+        plain = ma.head_attribution(tiny_model, clean, corrupt, " Paris")
+        relp = ma.head_attribution(tiny_model, clean, corrupt, " Paris", gradient="attnlrp")
+    assert relp.method == "relp_attnlrp" and plain.method == "attribution_patching"
+    assert not torch.allclose(relp.heads, plain.heads)
+    adapter, plan, _ = resolve(tiny_model, clean, " Paris")
+    _, cplan, _ = resolve(tiny_model, corrupt, " Paris")
+    names = [f"blocks.{l}.attn.hook_z" for l in range(2)]
+    with adapter.guard():
+        rp = relevance_pass(adapter, plan, plan.tokens, adapter.embed(plan.tokens), rule_set("attnlrp"), taps=names)
+        cp = relevance_pass(adapter, cplan, cplan.tokens, adapter.embed(cplan.tokens), rule_set("plain"), taps=names)
+    want = torch.stack([((rp.acts[n][0] - cp.acts[n][0]) * rp.grads[n][0, 0]).sum(-1).sum(0) for n in names])
+    assert torch.allclose(relp.heads, want.float(), atol=1e-5)
+    with pytest.raises(MethodError):
+        ma.head_attribution(tiny_model, clean, corrupt, " Paris", gradient="lrp-eps")
