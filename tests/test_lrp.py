@@ -430,3 +430,20 @@ def test_relp_head_attribution(tiny_model: Any) -> None:
     assert torch.allclose(relp.heads, want.float(), atol=1e-5)
     with pytest.raises(MethodError):
         ma.head_attribution(tiny_model, clean, corrupt, " Paris", gradient="lrp-eps")
+
+
+def test_registered_everywhere(tiny_model: Any, tmp_path: Path, capsys: Any) -> None:
+    """CLI, displays, validation and dataset runs take the new methods like any other."""
+    from mechattr.cli import main
+
+    html = tmp_path / "a.html"
+    assert main(["attribute", "tiny-gpt2", TEXT, "-m", "attnlrp", "-t", " Paris", "-p", "layers=True",
+                 "--html", str(html)]) == 0
+    assert html.exists() and "conservation" in capsys.readouterr().out
+    res = ma.attribute(tiny_model, TEXT, " Paris", method="gim", quiet=True)
+    assert "France" in res.to_html()
+    rep = ma.validate(tiny_model, [TEXT], " Paris", methods=["attnlrp", "cp_lrp"], checks=["perturbation"], quiet=True)
+    assert "attnlrp" in str(rep) and "cp_lrp" in str(rep)
+    run = ma.attribute_dataset(tiny_model, [TEXT, "The key to the cabinets"], method="cp_lrp", quiet=True,
+                               out_dir=tmp_path / "ds")
+    assert run.n_items == 2 and [r.method for r in run.load()] == ["cp_lrp", "cp_lrp"]
