@@ -116,6 +116,11 @@ def _scale_grad(x: Tensor, s: float) -> Tensor:
     return x if s == 1.0 else x.detach() + s * (x - x.detach())
 
 
+def _tol(dtype: torch.dtype) -> float:
+    """Tolerance of the forward self-checks: 1e-3, or a few ulps for half precision."""
+    return max(1e-3, 16 * float(torch.finfo(dtype).eps)) if dtype.is_floating_point else 1e-3
+
+
 def _cfg(adapter: ModelAdapter, name: str, default: Any = None) -> Any:
     return getattr(adapter.cfg, name, default)
 
@@ -273,8 +278,8 @@ class RuleHooks:
             a = act(pre)
             up = self._store.get((layer, "pre_linear"))
             expect = a if up is None else a * up
-            scale = float(post.detach().abs().max().clamp_min(1.0))
-            if expect.shape != post.shape or float((expect.detach() - post.detach()).abs().max()) > 1e-3 * scale:
+            scale = float(post.detach().abs().max().clamp_min(1.0)) * _tol(post.dtype)
+            if expect.shape != post.shape or float((expect.detach() - post.detach()).abs().max()) > scale:
                 raise MethodError(
                     f"blocks.{layer}.mlp: hook_post is not {act_name}(hook_pre)"
                     f"{' * hook_pre_linear' if up is not None else ''} on this model, so the identity "
@@ -311,7 +316,7 @@ class RuleHooks:
             sT = torch.softmax(Sm / r.temperature, dim=-1)
             with torch.no_grad():
                 err = float((torch.softmax(Sm, dim=-1) - A).abs().max())
-            if not err < 1e-3:
+            if not err < _tol(A.dtype):
                 raise MethodError(
                     f"blocks.{layer}.attn: softmax(hook_attn_scores) does not reproduce hook_pattern "
                     f"(max difference {err:.2g}), so the softmax temperature rule cannot be applied "
