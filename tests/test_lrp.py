@@ -447,3 +447,15 @@ def test_registered_everywhere(tiny_model: Any, tmp_path: Path, capsys: Any) -> 
     run = ma.attribute_dataset(tiny_model, [TEXT, "The key to the cabinets"], method="cp_lrp", quiet=True,
                                out_dir=tmp_path / "ds")
     assert run.n_items == 2 and [r.method for r in run.load()] == ["cp_lrp", "cp_lrp"]
+
+
+def test_probe_target_read_at_an_inner_layer(tiny_model: Any) -> None:
+    """A probe at an inner hook stops the forward there: the rules apply to the layers before it
+    (no 'hook never fired' error for the layers that never ran) and change its relevance."""
+    d = tiny_model.cfg.d_model
+    w = torch.randn(d, generator=torch.Generator().manual_seed(2))
+    probe = ma.LinearProbe(w, hook="blocks.1.hook_resid_pre")
+    res = ma.attribute(tiny_model, TEXT, probe, method="attnlrp", quiet=True)
+    assert res.scores.abs().max() > 0
+    plain = ma.attribute(tiny_model, TEXT, probe, method="input_x_gradient", quiet=True)
+    assert not torch.allclose(res.scores, plain.scores)

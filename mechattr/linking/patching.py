@@ -117,7 +117,7 @@ def _acts_grads(
     with torch.enable_grad() if grad else torch.no_grad():
         vals = evaluate_hooked(adapter, plan, tokens.expand(embed.shape[0], -1), embed, fwd_hooks=ruled + taps.hooks())
         if ruled:
-            rules.check()
+            rules.check(until=getattr(plan, "hook", None))
         metric = vals.sum(-1)
         grads = taps.grads(metric.sum(), retain_graph=False) if grad else None
     return taps.acts, grads, metric.detach()

@@ -61,7 +61,7 @@ def relevance_pass(
     with torch.enable_grad(), adapter.frozen_weights():
         # Rule hooks first: taps added after them see (and differentiate) the ruled activations.
         vals = evaluate_hooked(adapter, plan, toks, x, fwd_hooks=rh.hooks() + list(extra_hooks) + tp.hooks())
-        rh.check()
+        rh.check(until=getattr(plan, "hook", None))
         if not vals.requires_grad:
             raise MethodError("The target does not depend on the input embeddings; nothing to attribute.")
         names = [n for n in tp.names if n in tp.delta]

@@ -224,10 +224,19 @@ class RuleHooks:
                 hooks.append((f"blocks.{l}.attn.hook_pattern", self._pattern(l)))
         return hooks
 
-    def check(self) -> None:
+    def check(self, until: str | None = None) -> None:
         """After a forward: every hook a rule needs must have fired (else the rule silently did
-        not apply)."""
-        missing = [n for n in self.required() if n not in self.fired]
+        not apply). ``until``: the hook where the target is read (a probe or SAE feature at an
+        inner layer), so the forward stopped there; only the layers before it are checked."""
+        req = self.required()
+        if until:
+            parts = until.split(".")
+            if parts[0] == "blocks" and len(parts) > 1 and parts[1].isdigit():
+                stop = int(parts[1])
+                req = [n for n in req if n.startswith("blocks.") and int(n.split(".")[1]) < stop]
+            else:
+                req = [n for n in req if n.startswith("blocks.")]
+        missing = [n for n in req if n not in self.fired]
         if missing:
             raise MethodError(
                 f"The {self.rules.name} rules need the hook {missing[0]!r}"
