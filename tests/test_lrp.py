@@ -405,6 +405,16 @@ def test_head_and_sae_relevance_match_hf_reference(arch: str, gpt2_dir: Path, ll
     top = ref.sum(0).abs().argsort(descending=True)[:4].tolist()
     assert rel.features == top
     assert rel.heads_attribution().dims == ("layer", "head", "target", "src")
+    fa = rel.features_attribution()
+    assert fa.dims == ("feature", "target", "src") and fa.params["features"] == rel.features
+    try:
+        import circuitsvis  # noqa: F401
+    except ImportError:
+        return
+    from mechattr.linking import feature_view, head_view
+
+    head_view(rel.heads_attribution())
+    feature_view(fa)
 
 
 def test_relp_head_attribution(tiny_model: Any) -> None:

@@ -18,7 +18,7 @@ relevance at any layer (Achtibat et al. 2024).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -63,7 +63,19 @@ class Relevance:
         return _attr(self, self.heads, ("layer", "head", "target", "src"), "heads")
 
     def layers_attribution(self) -> Attribution:
+        """Residual-stream relevance with dims ``("layer", "target", "src")``."""
         return _attr(self, self.layers, ("layer", "target", "src"), "layers")
+
+    def features_attribution(self) -> Attribution:
+        """SAE-latent relevance per position with dims ``("feature", "target", "src")`` and
+        ``params['features']``/``params['feature_acts']`` (activation at the first target row's
+        read position), the layout :func:`mechattr.linking.feature_view` takes."""
+        if self.feature_relevance is None:
+            raise InputError("No SAE was given to lrp_relevance(..., sae=...), so there are no latents.")
+        a = _attr(self, self.feature_relevance, ("feature", "target", "src"), "features")
+        params = {**a.params, "features": list(self.features), "hook": self.feature_hook,
+                  "feature_acts": self.diagnostics.get("feature_acts", [])}
+        return replace(a, params=params)
 
 
 def _attr(rel: Relevance, scores: Tensor, dims: tuple[str, ...], what: str) -> Attribution:
@@ -148,8 +160,9 @@ def lrp_relevance(
             order = torch.argsort(full.sum(1).abs().amax(0), descending=True)[: min(k, full.shape[-1])]
             feats = order.tolist()
             f_rel = rearrange(full[..., order], "r p f -> f r p")
+            feature_acts = [float(a) for a in lat[plan.positions[0], order]]
     v = rp.values[0]
-    diag = {
+    diag: dict[str, Any] = {
         "seconds": time.perf_counter() - t0,
         "token_ids": plan.tokens[0].tolist(),
         "target_positions": list(plan.positions),
@@ -157,6 +170,8 @@ def lrp_relevance(
             float(e) for e in ((layers.sum(-1).double() - v.double()).abs() / v.double().abs().clamp_min(1e-12)).max(-1).values
         ],
     }
+    if sae is not None:
+        diag["feature_acts"] = feature_acts
     return Relevance(
         tokens=adapter.str_tokens(plan.tokens),
         targets=list(plan.labels),
