@@ -21,7 +21,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ..baselines import NAMED_BASELINES, build_baselines, describe
-from ..errors import MethodError
+from ..errors import HookError, MethodError
 from ..registry import MethodOutput, register
 from ._common import Context, check_reduce, mask_fixed, reduce_hidden
 from .lrp_rules import RuleHooks, RuleSet, rule_set
@@ -60,7 +60,13 @@ def relevance_pass(
     toks = tokens.expand(x.shape[0], -1)
     with torch.enable_grad(), adapter.frozen_weights():
         # Rule hooks first: taps added after them see (and differentiate) the ruled activations.
-        vals = evaluate_hooked(adapter, plan, toks, x, fwd_hooks=rh.hooks() + list(extra_hooks) + tp.hooks())
+        try:
+            vals = evaluate_hooked(adapter, plan, toks, x, fwd_hooks=rh.hooks() + list(extra_hooks) + tp.hooks())
+        except HookError as e:
+            raise MethodError(
+                f"The {rules.name} rules need hook points this model does not have ({e}); this "
+                "architecture is not covered. Use a gradient method instead."
+            ) from e
         rh.check(until=getattr(plan, "hook", None))
         if not vals.requires_grad:
             raise MethodError("The target does not depend on the input embeddings; nothing to attribute.")

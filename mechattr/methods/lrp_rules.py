@@ -163,6 +163,7 @@ class RuleHooks:
         self.fired: set[str] = set()
         self._store: dict[tuple[int, str], Tensor] = {}
         self._gated: dict[int, bool] = {}
+        self._has_linear: bool | None = None  # whether mlp.hook_pre_linear exists (gated MLPs)
 
     # --- required hooks ---------------------------------------------------------------------
     def required(self) -> list[str]:
@@ -213,7 +214,9 @@ class RuleHooks:
                     (f"blocks.{l}.mlp.hook_pre", self._keep(l, "pre")),
                     (f"blocks.{l}.mlp.hook_post", self._mlp_post(l)),
                 ]
-                if _cfg(a, "gated_mlp", False) or a.has_hook(f"blocks.{l}.mlp.hook_pre_linear"):
+                if self._has_linear is None:
+                    self._has_linear = bool(_cfg(a, "gated_mlp", False)) or a.has_hook("blocks.0.mlp.hook_pre_linear")
+                if self._has_linear:
                     hooks.append((f"blocks.{l}.mlp.hook_pre_linear", self._keep(l, "pre_linear")))
             for kind, s in (("q", r.q_scale), ("k", r.k_scale), ("v", r.v_scale)):
                 if s != 1.0:
