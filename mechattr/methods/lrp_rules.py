@@ -130,7 +130,7 @@ def check_architecture(adapter: ModelAdapter, rules: RuleSet) -> None:
     if rules.name == "plain":
         return
     norm = _cfg(adapter, "normalization_type")
-    if norm not in _NORMS:
+    if rules.freeze_norm and norm not in _NORMS:
         raise MethodError(
             f"The {rules.name} rules cover LayerNorm and RMSNorm; this model's normalization "
             f"(cfg.normalization_type={norm!r}) is not covered, so the relevance would not follow "
@@ -162,7 +162,6 @@ class RuleHooks:
         self.rules = rules
         self.fired: set[str] = set()
         self._store: dict[tuple[int, str], Tensor] = {}
-        self._gated: dict[int, bool] = {}
         self._has_linear: bool | None = None  # whether mlp.hook_pre_linear exists (gated MLPs)
 
     # --- required hooks ---------------------------------------------------------------------
@@ -197,7 +196,6 @@ class RuleHooks:
         """Fresh hooks for one forward pass."""
         self.fired = set()
         self._store = {}
-        self._gated = {}
         r, a = self.rules, self.adapter
         if r.name == "plain":
             return []
