@@ -60,7 +60,7 @@ def _print_table(res: Any, out: Any) -> None:
     for i, tok in enumerate(final.tokens):
         vals = " ".join(f"{float(final.token_scores(j)[i]):>12.4g}" for j in range(len(final.targets)))
         print(f"{i:>4} {tok!r:<{width}} {vals}", file=out)
-    for k in ("completeness_error", "completeness_relative_error", "seconds"):
+    for k in ("completeness_error", "completeness_relative_error", "conservation_relative_error_input", "seconds"):
         if k in res.diagnostics:
             print(f"{k}: {res.diagnostics[k]:.4g}", file=out)
 

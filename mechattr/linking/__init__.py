@@ -6,6 +6,7 @@ Importing this package registers the ``token_head`` attribution method.
 from .heads import token_head_map
 from .patching import PatchingResult, head_attribution, tl_attribution_patching_available
 from .probes import LinearProbe
+from .relevance import Relevance, lrp_relevance
 from .sae import SAEFeature, feature_direct_effects, token_feature_map
 from .display import feature_view, head_view, linking_page, probe_view
 
@@ -15,6 +16,8 @@ __all__ = [
     "PatchingResult",
     "tl_attribution_patching_available",
     "LinearProbe",
+    "lrp_relevance",
+    "Relevance",
     "SAEFeature",
     "token_feature_map",
     "feature_direct_effects",

@@ -76,6 +76,8 @@ class PatchingResult:
 
     @property
     def method(self) -> str:
+        if self.diagnostics.get("gradient", "plain") != "plain":
+            return f"relp_{self.diagnostics['gradient']}"
         return "eap_ig" if self.ig_steps > 1 else "attribution_patching"
 
     def to_records(self) -> list[dict[str, Any]]:
@@ -133,13 +135,19 @@ def _names(n_layers: int) -> dict[str, list[str]]:
 
 
 def _acts_grads(
-    adapter: ModelAdapter, plan: Any, tokens: Tensor, embed: Tensor, names: list[str], grad: bool
+    adapter: ModelAdapter, plan: Any, tokens: Tensor, embed: Tensor, names: list[str], grad: bool,
+    rules: Any = None,
 ) -> tuple[dict[str, Tensor], dict[str, Tensor] | None, Tensor]:
     """Activations at ``names`` (batch of embeddings) and, if ``grad``, the gradient of the metric
-    (sum of target rows, per batch element) at each of them."""
+    (sum of target rows, per batch element) at each of them; ``rules`` (a
+    :class:`~mechattr.methods.lrp_rules.RuleHooks`) modifies that gradient (RelP)."""
     taps = Taps(names)
+    # Rule hooks before the taps: they keep every forward value, so the activations are unchanged.
+    ruled = rules.hooks() if (grad and rules is not None) else []
     with torch.enable_grad() if grad else torch.no_grad():
-        vals = evaluate_hooked(adapter, plan, tokens.expand(embed.shape[0], -1), embed, fwd_hooks=taps.hooks())
+        vals = evaluate_hooked(adapter, plan, tokens.expand(embed.shape[0], -1), embed, fwd_hooks=ruled + taps.hooks())
+        if ruled:
+            rules.check(until=getattr(plan, "hook", None))
         metric = vals.sum(-1)
         grads = taps.grads(metric.sum(), retain_graph=False) if grad else None
     return taps.acts, grads, metric.detach()
@@ -166,6 +174,7 @@ def head_attribution(
     batch_size: int = 8,
     contrast: Any = None,
     kind: str | None = None,
+    gradient: str = "plain",
 ) -> PatchingResult:
     """Attribution patching (``ig_steps=1``) or EAP-IG (``ig_steps>1``) between a clean and a
     corrupted prompt of the same token length; see the module docstring.
@@ -176,8 +185,14 @@ def head_attribution(
     ``backend="transformer_lens"`` computes heads and MLPs with TL 4's
     ``tools.analysis.attribution_patching.attribution_patch`` (bridge models, logit targets,
     ``grad_at="corrupt"``, ``ig_steps=1`` — what that tool implements); residual positions then
-    still come from mechattr's own hooks."""
+    still come from mechattr's own hooks.
+
+    ``gradient`` picks the backward: ``"plain"`` (attribution patching), or the modified backward
+    of ``"attnlrp"``, ``"cp_lrp"`` or ``"gim"`` (:mod:`mechattr.methods.lrp_rules`): Relevance
+    Patching (RelP, Jafari et al. 2025, arXiv 2508.21258) scores ``(a_clean − a_corrupt) ·``
+    the LRP-modified gradient."""
     from ..api import resolve
+    from ..methods.lrp_rules import RuleHooks, rule_set
 
     t0 = time.perf_counter()
     direction = _resolve_direction(direction, grad_at)
@@ -186,7 +201,11 @@ def head_attribution(
         raise MethodError(f"backend must be one of {list(BACKENDS)}, got {backend!r}.")
     if isinstance(ig_steps, bool) or not isinstance(ig_steps, int) or ig_steps < 1:
         raise MethodError(f"ig_steps must be an integer >= 1, got {ig_steps!r}.")
+    rs = rule_set(gradient)
+    if rs.name != "plain" and backend != "mechattr":
+        raise MethodError(f"gradient={gradient!r} needs backend='mechattr' (TransformerLens' tool has plain gradients only).")
     adapter, plan, _ = resolve(model, clean, target, contrast=contrast, kind=kind)
+    rules = RuleHooks(adapter, rs) if rs.name != "plain" else None
     n_prompt = _tokens(adapter, clean).shape[-1]
     corr = _tokens(adapter, corrupt)
     if corr.shape[-1] != n_prompt:
@@ -205,8 +224,8 @@ def head_attribution(
         # hook_embed is the only token-dependent input (positions are shared), so the corrupted
         # run is the clean tokens with corrupted token embeddings; the IG path then interpolates
         # one tensor.
-        a_clean, g_clean, m_clean = _acts_grads(adapter, plan, clean_toks, e_clean, all_names, ig_steps == 1 and grad_at == "clean")
-        a_corr, g_corr, m_corr = _acts_grads(adapter, plan, clean_toks, e_corr, all_names, ig_steps == 1 and grad_at == "corrupt")
+        a_clean, g_clean, m_clean = _acts_grads(adapter, plan, clean_toks, e_clean, all_names, ig_steps == 1 and grad_at == "clean", rules)
+        a_corr, g_corr, m_corr = _acts_grads(adapter, plan, clean_toks, e_corr, all_names, ig_steps == 1 and grad_at == "corrupt", rules)
         if ig_steps == 1:
             g = g_clean if grad_at == "clean" else g_corr
             assert g is not None
@@ -217,7 +236,7 @@ def head_attribution(
             for i in range(0, ig_steps, batch_size):
                 al = alphas[i : i + batch_size].to(e_clean)[:, None, None]
                 pts = e_corr + al * (e_clean - e_corr)
-                _, gs, _ = _acts_grads(adapter, plan, clean_toks, pts, all_names, True)
+                _, gs, _ = _acts_grads(adapter, plan, clean_toks, pts, all_names, True, rules)
                 w = weights[i : i + batch_size].to(e_clean.device)
                 for n in all_names:
                     grads[n] += einsum(gs[n].double(), w, "b ..., b -> ...")
@@ -240,6 +259,7 @@ def head_attribution(
             # At the input the IG path is the true straight line, so this is IG's completeness.
             "resid0_sum": float(resid[0].sum()),
             "completeness_error_resid0": abs(float(resid[0].sum()) - delta_m),
+            "gradient": rs.name,
         }
     )
     return PatchingResult(
