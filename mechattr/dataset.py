@@ -34,7 +34,8 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from .attribution import FORMAT_NAME, FORMAT_VERSION, Attribution, _atomic_write, _jsonable
+from ._io import atomic_write
+from .attribution import FORMAT_NAME, FORMAT_VERSION, Attribution, _jsonable
 from .errors import InputError, MechattrError, ResultFileError
 
 DATASET_FORMAT = "mechattr-dataset"
@@ -212,7 +213,7 @@ def _write_shard(path: Path, shard: int, indices: list[int], results: list[Attri
         tensors[f"item{i}"] = res.scores.detach().cpu().contiguous()
         items.append({"index": i, "attribution": meta})
     header = {"shard": shard, "rank": rank, "world_size": world_size, "run": run_id, "items": items}
-    _atomic_write(path, save(tensors, metadata={SHARD_META: json.dumps(header)}))
+    atomic_write(path, save(tensors, metadata={SHARD_META: json.dumps(header)}))
 
 
 def read_shard(path: str | os.PathLike) -> tuple[dict[str, Any], list[tuple[int, Attribution]]]:
@@ -409,7 +410,7 @@ def attribute_dataset(
                 for p in _shard_files(out).values():
                     p.unlink()
             if old is None:
-                _atomic_write(out / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode("utf-8"))
+                atomic_write(out / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode("utf-8"))
         if dist is not None:
             dist.barrier()
 

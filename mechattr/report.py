@@ -261,9 +261,9 @@ def report(
 
     out = _with_csp(page(title or f"mechattr report — {text!r}", sections))
     if path is not None:
-        from .attribution import _atomic_write
+        from ._io import atomic_write
 
-        _atomic_write(Path(path), out.encode("utf-8"))
+        atomic_write(Path(path), out.encode("utf-8"))
     return out
 
 

@@ -128,7 +128,7 @@ class Boom(RuntimeError):
 
 def test_fault_half_way_leaves_model_unchanged(tiny_model, monkeypatch):
     """Inject a failure in the middle of IG (after some batches ran with hooks attached)."""
-    from mechattr.methods import _common
+    from mechattr import contract as _common
 
     calls = {"n": 0}
     real = _common.Context.max_batch

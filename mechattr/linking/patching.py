@@ -34,11 +34,13 @@ from einops import einsum
 from jaxtyping import Float
 from torch import Tensor
 
-from ..tl.adapter import ModelAdapter, tl_major
 from ..errors import InputError, MethodError
-from ..methods._common import rule_points
-from ..targets import LogitPlan, _score_logits
-from .heads import Taps, evaluate_hooked
+from ..quadrature import rule_points
+from ..targets import LogitPlan, Plan, evaluate_hooked
+from ..tl.adapter import ModelAdapter
+from ..tl import attribution_patching as tl_patching
+from ..tl.attribution_patching import tl_attribution_patching_available
+from ..tl.hooks import Taps
 
 BACKENDS = ("mechattr", "transformer_lens")
 
@@ -94,16 +96,17 @@ class PatchingResult:
         return [(i // H, i % H, float(flat[i])) for i in idx]
 
 
-def _names(n_layers: int) -> dict[str, list[str]]:
+def _names(adapter: ModelAdapter) -> dict[str, list[str]]:
+    layers = range(adapter.n_layers)
     return {
-        "z": [f"blocks.{layer}.attn.hook_z" for layer in range(n_layers)],
-        "mlp": [f"blocks.{layer}.hook_mlp_out" for layer in range(n_layers)],
-        "resid": [f"blocks.{layer}.hook_resid_pre" for layer in range(n_layers)],
+        "z": [adapter.attn_z(layer) for layer in layers],
+        "mlp": [adapter.mlp_out(layer) for layer in layers],
+        "resid": [adapter.resid_pre(layer) for layer in layers],
     }
 
 
 def _acts_grads(
-    adapter: ModelAdapter, plan: Any, tokens: Tensor, embed: Tensor, names: list[str], grad: bool
+    adapter: ModelAdapter, plan: Plan, tokens: Tensor, embed: Tensor, names: list[str], grad: bool
 ) -> tuple[dict[str, Tensor], dict[str, Tensor] | None, Tensor]:
     """Activations at ``names`` (batch of embeddings) and, if ``grad``, the gradient of the metric
     (sum of target rows, per batch element) at each of them."""
@@ -113,14 +116,6 @@ def _acts_grads(
         metric = vals.sum(-1)
         grads = taps.grads(metric.sum(), retain_graph=False) if grad else None
     return taps.acts, grads, metric.detach()
-
-
-def _tokens(adapter: ModelAdapter, text: Any) -> Tensor:
-    if isinstance(text, str):
-        return adapter.tokenize(text)
-    if isinstance(text, Tensor) and not text.is_floating_point():
-        return adapter.check_length(text.reshape(1, -1).long().to(adapter.device))
-    raise InputError(f"Give a prompt as a string or a 1-D tensor of token ids, got {type(text).__name__}.")
 
 
 def head_attribution(
@@ -143,7 +138,7 @@ def head_attribution(
     ``tools.analysis.attribution_patching.attribution_patch`` (bridge models, logit targets,
     ``grad_at="corrupt"``, ``ig_steps=1`` — what that tool implements); residual positions then
     still come from mechattr's own hooks."""
-    from ..api import resolve
+    from ..api import prompt_tokens, resolve
 
     t0 = time.perf_counter()
     if grad_at not in ("clean", "corrupt"):
@@ -153,8 +148,8 @@ def head_attribution(
     if isinstance(ig_steps, bool) or not isinstance(ig_steps, int) or ig_steps < 1:
         raise MethodError(f"ig_steps must be an integer >= 1, got {ig_steps!r}.")
     adapter, plan, _ = resolve(model, clean, target, contrast=contrast, kind=kind)
-    n_prompt = _tokens(adapter, clean).shape[-1]
-    corr = _tokens(adapter, corrupt)
+    n_prompt = prompt_tokens(adapter, clean)[0].shape[-1]
+    corr = prompt_tokens(adapter, corrupt)[0]
     if corr.shape[-1] != n_prompt:
         raise InputError(
             f"The clean prompt has {n_prompt} tokens and the corrupted one {corr.shape[-1]}; "
@@ -164,7 +159,7 @@ def head_attribution(
     clean_toks = plan.tokens
     corr_toks = torch.cat([corr, clean_toks[:, n_prompt:]], dim=-1)  # same forced continuation
     L = adapter.n_layers
-    names = _names(L)
+    names = _names(adapter)
     all_names = names["z"] + names["mlp"] + names["resid"]
     with adapter.guard():
         e_clean, e_corr = adapter.embed(clean_toks), adapter.embed(corr_toks)
@@ -223,18 +218,8 @@ def head_attribution(
     )
 
 
-def tl_attribution_patching_available() -> bool:
-    if tl_major() < 4:
-        return False
-    try:
-        from transformer_lens.tools.analysis.attribution_patching import attribution_patch  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def _tl_node_scores(
-    adapter: ModelAdapter, plan: Any, clean: Tensor, corrupt: Tensor, ig_steps: int, grad_at: str
+    adapter: ModelAdapter, plan: Plan, clean: Tensor, corrupt: Tensor, ig_steps: int, grad_at: str
 ) -> tuple[Tensor, Tensor]:
     if not tl_attribution_patching_available() or adapter.kind != "bridge":
         raise MethodError(
@@ -248,25 +233,7 @@ def _tl_node_scores(
         )
     if not isinstance(plan, LogitPlan):
         raise MethodError("backend='transformer_lens' takes targets read from the logits only.")
-    from transformer_lens.tools.analysis.attribution_patching import attribution_patch
-
-    def metric_fn(logits: Tensor) -> Tensor:
-        rows = [
-            _score_logits(logits[:, p], plan.kind, t, f)
-            for p, t, f in zip(plan.positions, plan.token_ids, plan.foil_ids)
-        ]
-        return torch.stack(rows, -1).sum()
-
-    res = attribution_patch(adapter.model, clean, corrupt, metric_fn)
-    L, H, P = adapter.n_layers, adapter.n_heads, clean.shape[-1]
-    heads = torch.zeros(L, P, H, dtype=torch.float64)
-    mlp = torch.zeros(L, P, dtype=torch.float64)
-    for node, s in res.node_scores.items():
-        if node.kind == "attn_head_out":
-            heads[node.layer, node.position, node.head] = s
-        elif node.kind == "mlp_out":
-            mlp[node.layer, node.position] = s
-    return heads, mlp
+    return tl_patching.tl_node_scores(adapter, clean, corrupt, lambda logits: plan.score(logits).sum())
 
 
 __all__ = [

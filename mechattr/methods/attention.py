@@ -22,8 +22,8 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ..errors import HookError, MethodError, ModelError
-from ..registry import MethodOutput, register
-from ._common import Context, mask_fixed
+from ..contract import Context, MethodOutput, register
+from ._common import mask_fixed
 from .flow import DEFAULT_SCALE, layered_max_flow
 
 HEAD_AGGS = ("mean", "max", "min")

@@ -15,17 +15,16 @@ from einops import einsum, repeat
 
 from ..baselines import auto_baseline, build_baselines, describe, is_multi
 from ..errors import MethodError
-from ..registry import MethodOutput, register
+from ..contract import Context, MethodOutput, register
 from ._common import (
-    Context,
     check_positive_int,
     check_reduce,
     completeness,
     grad_map,
     mask_fixed,
     reduce_hidden,
-    rule_points,
 )
+from ..quadrature import rule_points
 
 
 def _gradient_at_input(ctx: Context) -> tuple[torch.Tensor, torch.Tensor]:

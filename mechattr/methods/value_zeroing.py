@@ -29,8 +29,8 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from ..errors import MethodError
-from ..registry import MethodOutput, register
-from ._common import Context, mask_fixed
+from ..contract import Context, MethodOutput, register
+from ._common import mask_fixed
 
 MEASURES = ("cosine", "target")
 
