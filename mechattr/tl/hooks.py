@@ -72,10 +72,12 @@ class Recorder:
     Each hook hands its input on unchanged *as the returned tensor*: a TL 4 bridge gives hooks a
     reshaped view and continues with what the hook returns, so a stored tensor stays on the
     autograd path and gradients with respect to it can be taken (``detach=False``). With
-    ``detach=True`` a detached copy is stored instead (no graph is kept alive)."""
+    ``detach=True`` it is stored detached (no graph is kept alive); ``clone=True`` also copies it
+    (safe against a later in-place change of the same storage)."""
 
-    def __init__(self, detach: bool = True) -> None:
+    def __init__(self, detach: bool = True, clone: bool = False) -> None:
         self.detach = detach
+        self.clone = clone
         self.acts: dict[Any, Tensor] = {}
         self._wanted: list[Hook] = []
 
@@ -84,7 +86,8 @@ class Recorder:
         k = name if key is None else key
 
         def fn(x: Tensor, hook: Any) -> Tensor:
-            self.acts[k] = x.detach() if self.detach else x
+            kept = x.detach() if self.detach else x
+            self.acts[k] = kept.clone() if self.clone else kept
             return x
 
         h = (name, fn)
