@@ -12,6 +12,7 @@ from torch import Tensor
 from .tl.adapter import ModelAdapter, as_adapter
 from .attribution import Attribution
 from .errors import InputError, MethodError
+from .options import RunOptions
 from .contract import Context, MethodFn, MethodOutput
 from .registry import check_params, get_method
 from .targets import Plan, Target, make_target
@@ -53,10 +54,7 @@ def make_context(
     quiet: bool = True,
 ) -> Context:
     """The :class:`~mechattr.Context` a method is called with (run options checked here)."""
-    if not (isinstance(memory_mb, (int, float)) and memory_mb > 0):
-        raise MethodError(f"memory_mb must be a positive number, got {memory_mb!r}.")
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-        raise MethodError(f"batch_size must be a positive integer or None, got {batch_size!r}.")
+    RunOptions(memory_mb=memory_mb, batch_size=batch_size).check()
     return Context(
         adapter=adapter,
         plan=plan,

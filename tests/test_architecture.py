@@ -14,6 +14,8 @@ Rules checked:
    module would form a circle with the top-level ``mechattr/__init__.py`` that re-exports it).
 2. Only ``mechattr/tl/`` imports ``transformer_lens`` (anywhere in the file, TYPE_CHECKING
    blocks included: a name from TransformerLens belongs behind the adapter).
+3. The layers of ``docs/architecture.md``: a module imports only modules of its own layer or
+   of layers below it (same edges as rule 1). A module the table does not name is not checked.
 """
 
 from __future__ import annotations
@@ -154,6 +156,55 @@ def test_only_tl_package_imports_transformer_lens():
     assert not offenders, f"modules outside mechattr/tl/ import transformer_lens: {offenders}"
 
 
+# Lowest first; a module belongs to the layer of the longest prefix that names it. Keep in step
+# with the table in docs/architecture.md.
+LAYERS: list[tuple[str, tuple[str, ...]]] = [
+    ("base", ("mechattr.errors", "mechattr.progress", "mechattr._io", "mechattr.options",
+              "mechattr.quadrature", "mechattr.validation.stats")),
+    ("tl", ("mechattr.tl",)),
+    ("targets", ("mechattr.targets",)),
+    ("contract", ("mechattr.contract",)),
+    ("method helpers", ("mechattr.baselines", "mechattr.perturb", "mechattr.knn")),
+    ("methods", ("mechattr.methods",)),
+    ("registry", ("mechattr.registry",)),
+    ("results", ("mechattr.attribution", "mechattr.display", "mechattr.plots")),
+    ("api", ("mechattr.api",)),
+    ("applications", ("mechattr.linking", "mechattr.dataset", "mechattr.zoo", "mechattr.groundtruth")),
+    ("validation", ("mechattr.validation",)),
+    ("report", ("mechattr.report",)),
+    ("entry points", ("mechattr.cli", "mechattr.__main__")),
+]
+
+
+def layer_of(module: str) -> int | None:
+    best: tuple[int, int] | None = None  # (prefix length, layer)
+    for i, (_, prefixes) in enumerate(LAYERS):
+        for pre in prefixes:
+            if (module == pre or module.startswith(pre + ".")) and (best is None or len(pre) > best[0]):
+                best = (len(pre), i)
+    return None if best is None else best[1]
+
+
+def layer_violations(edges: dict[str, set[str]]) -> list[str]:
+    out = []
+    for mod, targets in edges.items():
+        lm = layer_of(mod)
+        for t in targets:
+            lt = layer_of(t)
+            if lm is not None and lt is not None and lt > lm:
+                out.append(f"{mod} ({LAYERS[lm][0]}) imports {t} ({LAYERS[lt][0]})")
+    return sorted(out)
+
+
+def test_layers_import_only_downwards():
+    edges, _ = import_graph()
+    bad = layer_violations(edges)
+    assert not bad, "imports against the layering of docs/architecture.md:\n" + "\n".join(bad)
+    # the check can fail: an upward edge is reported
+    assert layer_violations({"mechattr.contract": {"mechattr.api"}}) == [
+        "mechattr.contract (contract) imports mechattr.api (api)"]
+
+
 def _write(root: Path, rel: str, text: str) -> None:
     p = root / rel
     p.parent.mkdir(parents=True, exist_ok=True)
@@ -176,3 +227,33 @@ def test_checker_sees_cycles_at_any_depth(tmp_path):
     assert "transformer_lens" in external["mechattr.d"]
     _write(root, "b.py", "def f():\n    return 1\n")
     assert find_cycles(import_graph(root)[0]) == []
+
+
+DOC = PKG.parent / "docs" / "architecture.md"
+
+
+def _example_code() -> str:
+    text = DOC.read_text()
+    section = text[text.index("## Adding a method"):]
+    start = section.index("```python\n") + len("```python\n")
+    return section[start:section.index("```", start)]
+
+
+def test_architecture_doc_example_runs(capsys):
+    """The 'Adding a method' example of docs/architecture.md, run as written: it registers a
+    method and runs it through the API, the CLI and validation. The registration is removed
+    afterwards so the method does not leak into other tests."""
+    from mechattr import contract
+
+    code = _example_code()
+    assert "ma.register(" in code and "ma.attribute(" in code and "main([" in code and "ma.validate(" in code
+    name = "gradient_norm_demo"
+    assert name not in contract.registered()
+    try:
+        exec(compile(code, str(DOC), "exec"), {"__name__": "architecture_example"})
+    finally:
+        contract._METHODS.pop(name, None)
+    out = capsys.readouterr().out
+    # the CLI printed the method's table, and validation reported on the new method
+    assert f"method: {name}" in out
+    assert name in out.split(f"method: {name}", 1)[1]

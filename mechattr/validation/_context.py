@@ -13,6 +13,7 @@ from ..tl.adapter import ModelAdapter
 from ..api import call_method, fixed_positions, make_context, resolve, run_method
 from ..attribution import Attribution
 from ..errors import InputError, MethodError, suggest
+from ..options import RUN_OPTIONS, TARGET_OPTIONS, defaults
 from ..contract import MethodOutput
 from ..registry import check_params, get_method
 from ..targets import Plan
@@ -108,14 +109,8 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "roar_method": None,
     # method running
     "method_params": None,
-    "memory_mb": 2048.0,
-    "batch_size": None,
-    "attribute_bos": False,
-    # target
-    "contrast": None,
-    "kind": None,
-    "position": None,
-    "prepend_bos": None,
+    # the shared run options (mechattr.options), except the seed, which validate() takes itself
+    **defaults(tuple(n for n in RUN_OPTIONS if n != "seed")),
 }
 
 
@@ -198,10 +193,7 @@ def resolve_items(model: Any, prompts: Sequence[Any], target: Any, opts: dict[st
     items = []
     adapter = None
     for i, p in enumerate(prompts):
-        adapter, plan, prompt = resolve(
-            model, p, target, contrast=opts["contrast"], kind=opts["kind"], position=opts["position"],
-            prepend_bos=opts["prepend_bos"],
-        )
+        adapter, plan, prompt = resolve(model, p, target, **{k: opts[k] for k in TARGET_OPTIONS})
         fixed = fixed_positions(adapter, plan.tokens, opts["attribute_bos"])
         if int((~fixed).sum()) < 2:
             raise InputError(f"Prompt {i} ({p!r}) has fewer than 2 attributable tokens; rank checks need more.")
