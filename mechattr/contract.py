@@ -33,7 +33,13 @@ from .tl.adapter import ModelAdapter
 
 @dataclass
 class Context:
-    """Everything a method needs about one prompt and one target."""
+    """Everything a method needs about one prompt and one target.
+
+    ``adapter`` runs the model (:class:`~mechattr.ModelAdapter`); ``plan`` is the resolved target
+    (``plan.tokens``, ``plan.n_rows``, ``plan.evaluate(adapter, tokens, embed)`` -> ``[batch,
+    rows]``); ``memory_mb``/``batch_size`` bound a batch (use :meth:`batches`); ``seed`` seeds
+    :meth:`generator`; ``fixed`` marks positions that are never perturbed and score 0 (the BOS
+    token unless ``attribute_bos``); ``quiet`` silences progress bars."""
 
     adapter: ModelAdapter
     plan: Plan
@@ -104,12 +110,16 @@ class Context:
         return torch.cat(out, dim=0)
 
 
-
 #: A method: ``fn(ctx, **params) -> MethodOutput``.
 MethodFn = Callable[..., "MethodOutput"]
 
+
 @dataclass(frozen=True)
 class MethodInfo:
+    """A registered method: its function, family, one-line summary, aliases and promises
+    (``"completeness"``: the token scores sum to f(x) - f(baseline)); ``layered`` methods return
+    scores with a ``layer`` (and maybe ``head``) axis."""
+
     name: str
     fn: MethodFn
     family: str
