@@ -36,7 +36,7 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     import mechattr as ma
     from mechattr.api import resolve
-    from mechattr.methods._common import Context
+    from mechattr.contract import Context
 
     mdir = model_dir()
     ids, cont = token_ids(mdir, a.tokens, 1)

@@ -129,7 +129,7 @@ def make_cases(mdir: Path, s: Settings, only: set[str] | None) -> list[Case]:
 
 def _mechattr_batch(n_tokens: int) -> int:
     """The step batch mechattr's Context picks for this prompt length under its default cap."""
-    from mechattr.methods._common import Context
+    from mechattr.contract import Context
 
     class _A:  # only the two size estimates are read
         def activation_bytes_per_token(self) -> int:

@@ -21,7 +21,8 @@ from .errors import (
     TargetError,
 )
 from .tl.loading import DEFAULT_MODEL, builtin_models, cache_dir, load_model
-from .registry import get_method, list_methods, register
+from .contract import Context, MethodInfo, MethodOutput, register
+from .registry import get_method, list_methods
 from .validation import ValidationReport, validate
 from .report import report
 from . import groundtruth, linking, plots
@@ -66,6 +67,9 @@ __all__ = [
     "list_methods",
     "get_method",
     "register",
+    "Context",
+    "MethodOutput",
+    "MethodInfo",
     "Target",
     "NextToken",
     "Contrast",

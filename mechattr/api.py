@@ -6,17 +6,20 @@ import time
 from typing import Any, Sequence
 
 import torch
+from jaxtyping import Bool, Int
 from torch import Tensor
 
 from .tl.adapter import ModelAdapter, as_adapter
 from .attribution import Attribution
 from .errors import InputError, MethodError
-from .methods._common import Context
-from .registry import MethodOutput, check_params, get_method
+from .options import RunOptions
+from .contract import Context, MethodFn, MethodOutput
+from .registry import check_params, get_method
 from .targets import Plan, Target, make_target
 
 
-def _prompt_tokens(adapter: ModelAdapter, text: Any) -> tuple[Tensor, str | None]:
+def prompt_tokens(adapter: ModelAdapter, text: Any) -> tuple[Int[Tensor, "1 pos"], str | None]:
+    """(token ids, the prompt text or None) of a prompt given as text or as a 1-D tensor of ids."""
     if isinstance(text, str):
         return adapter.tokenize(text), text
     if isinstance(text, Tensor) and not text.is_floating_point():
@@ -31,12 +34,84 @@ def _prompt_tokens(adapter: ModelAdapter, text: Any) -> tuple[Tensor, str | None
     )
 
 
-def _fixed_positions(adapter: ModelAdapter, tokens: Tensor, attribute_bos: bool) -> Tensor:
+def fixed_positions(adapter: ModelAdapter, tokens: Int[Tensor, "1 pos"], attribute_bos: bool) -> Bool[Tensor, " pos"]:
+    """Positions never attributed: the BOS token the model prepends, unless ``attribute_bos``."""
     fixed = torch.zeros(tokens.shape[-1], dtype=torch.bool, device=tokens.device)
     bos = adapter.special_token_id("bos")
     if not attribute_bos and adapter.prepend_bos and bos is not None and int(tokens[0, 0]) == bos:
         fixed[0] = True
     return fixed
+
+
+def make_context(
+    adapter: ModelAdapter,
+    plan: Plan,
+    *,
+    attribute_bos: bool = False,
+    memory_mb: float = 2048.0,
+    batch_size: int | None = None,
+    seed: int = 0,
+    quiet: bool = True,
+) -> Context:
+    """The :class:`~mechattr.Context` a method is called with (run options checked here)."""
+    RunOptions(memory_mb=memory_mb, batch_size=batch_size).check()
+    return Context(
+        adapter=adapter,
+        plan=plan,
+        memory_mb=float(memory_mb),
+        batch_size=batch_size,
+        seed=int(seed),
+        quiet=quiet,
+        fixed=fixed_positions(adapter, plan.tokens, attribute_bos),
+    )
+
+
+def call_method(
+    ctx: Context,
+    fn: MethodFn,
+    params: dict[str, Any],
+    label: str,
+    *,
+    attribute_bos: bool = False,
+    prompt: str | None = None,
+) -> Attribution:
+    """Run ``fn(ctx, **params)`` with the model guarded and turn its output into an Attribution:
+    the one path from a method's output to a result (api, validation, dataset runs, reports)."""
+    t0 = time.perf_counter()
+    with ctx.adapter.guard():
+        out = fn(ctx, **params)
+    seconds = time.perf_counter() - t0
+    if not isinstance(out, MethodOutput):
+        raise MethodError(f"The method {label!r} must return a mechattr MethodOutput, got {type(out).__name__}.")
+    return to_attribution(ctx, out, label, seconds=seconds, attribute_bos=attribute_bos, prompt=prompt)
+
+
+def to_attribution(
+    ctx: Context,
+    out: MethodOutput,
+    method: str,
+    *,
+    seconds: float,
+    attribute_bos: bool = False,
+    prompt: str | None = None,
+) -> Attribution:
+    """The :class:`~mechattr.Attribution` of a method's output on ``ctx``."""
+    adapter, plan = ctx.adapter, ctx.plan
+    return Attribution(
+        tokens=adapter.str_tokens(plan.tokens),
+        token_ids=plan.tokens[0].tolist(),
+        targets=list(plan.labels),
+        target_positions=list(plan.positions),
+        scores=out.scores.detach().to("cpu").float(),
+        dims=tuple(out.dims),
+        method=method,
+        params={**out.params, "attribute_bos": attribute_bos},
+        diagnostics={**out.diagnostics, "seconds": seconds},
+        prompt=prompt,
+        model_name=adapter.name,
+        target_description=plan.description,
+        target_token_ids=list(plan.token_ids),
+    )
 
 
 def run_method(
@@ -55,40 +130,11 @@ def run_method(
     """Run a registered method on an already resolved plan (used by validation and the zoo)."""
     info = get_method(method)
     check_params(info, params)
-    if not (isinstance(memory_mb, (int, float)) and memory_mb > 0):
-        raise MethodError(f"memory_mb must be a positive number, got {memory_mb!r}.")
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-        raise MethodError(f"batch_size must be a positive integer or None, got {batch_size!r}.")
-    ctx = Context(
-        adapter=adapter,
-        plan=plan,
-        memory_mb=float(memory_mb),
-        batch_size=batch_size,
-        seed=int(seed),
-        quiet=quiet,
-        fixed=_fixed_positions(adapter, plan.tokens, attribute_bos),
+    ctx = make_context(
+        adapter, plan, attribute_bos=attribute_bos, memory_mb=memory_mb, batch_size=batch_size,
+        seed=seed, quiet=quiet,
     )
-    t0 = time.perf_counter()
-    with adapter.guard():
-        out: MethodOutput = info.fn(ctx, **params)
-    seconds = time.perf_counter() - t0
-    scores = out.scores.detach().to("cpu").float()
-    diag = {**out.diagnostics, "seconds": seconds}
-    return Attribution(
-        tokens=adapter.str_tokens(plan.tokens),
-        token_ids=plan.tokens[0].tolist(),
-        targets=list(plan.labels),
-        target_positions=list(plan.positions),
-        scores=scores,
-        dims=tuple(out.dims),
-        method=info.name,
-        params={**out.params, "attribute_bos": attribute_bos},
-        diagnostics=diag,
-        prompt=prompt,
-        model_name=adapter.name,
-        target_description=plan.description,
-        target_token_ids=list(plan.token_ids),
-    )
+    return call_method(ctx, info.fn, params, info.name, attribute_bos=attribute_bos, prompt=prompt)
 
 
 def resolve(
@@ -105,7 +151,7 @@ def resolve(
     adapter = as_adapter(model, prepend_bos)
     tgt: Target = make_target(target, contrast, kind, position)
     with adapter.guard():
-        toks, prompt = _prompt_tokens(adapter, text)
+        toks, prompt = prompt_tokens(adapter, text)
         plan = tgt.plan(adapter, toks)
     return adapter, plan, prompt
 
@@ -172,3 +218,8 @@ def attribute(
             adapter, plan, method, params, attribute_bos=attribute_bos, memory_mb=memory_mb,
             batch_size=batch_size, seed=seed, quiet=quiet, prompt=prompt,
         )
+
+
+# The older private names (kept for code written against them).
+_prompt_tokens = prompt_tokens
+_fixed_positions = fixed_positions

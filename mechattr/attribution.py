@@ -6,7 +6,6 @@ import itertools
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -14,7 +13,10 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
+from ._io import atomic_write
 from .errors import InputError, ResultFileError
+
+_atomic_write = atomic_write  # the older private name (kept for code written against it)
 
 FORMAT_NAME = "mechattr-attribution"
 FORMAT_VERSION = 1
@@ -237,7 +239,7 @@ class Attribution:
     def to_json(self, path: str | os.PathLike | None = None, indent: int | None = 2) -> str:
         text = json.dumps(self.to_dict(), indent=indent)
         if path is not None:
-            _atomic_write(Path(path), text.encode("utf-8"))
+            atomic_write(Path(path), text.encode("utf-8"))
         return text
 
     # ----- files ---------------------------------------------------------------------------------
@@ -253,7 +255,7 @@ class Attribution:
             metadata={"mechattr": json.dumps(meta)},
         )
         p = Path(path)
-        _atomic_write(p, blob)
+        atomic_write(p, blob)
         return p
 
     @classmethod
@@ -315,21 +317,3 @@ class Attribution:
         from .display import html_page
 
         return html_page([self], path=path, title=title)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise

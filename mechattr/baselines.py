@@ -8,13 +8,14 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from .contract import Context
 from .errors import MethodError
 
 TOKEN_BASELINES = ("pad", "eos", "bos", "unk", "mask")
 NAMED_BASELINES = ("zero", "mean", "uniform", "gaussian") + TOKEN_BASELINES
 
 
-def _one(ctx: Any, spec: Any, offset: int) -> Float[Tensor, "pos d_model"]:
+def _one(ctx: Context, spec: Any, offset: int) -> Float[Tensor, "pos d_model"]:
     a = ctx.adapter
     x = ctx.input_embed()[0]
     pos, d = x.shape
@@ -68,7 +69,7 @@ def _one(ctx: Any, spec: Any, offset: int) -> Float[Tensor, "pos d_model"]:
     raise MethodError(f"Cannot build a baseline from {type(spec).__name__}.")
 
 
-def auto_baseline(ctx: Any) -> str:
+def auto_baseline(ctx: Context) -> str:
     """The baseline ``baseline="auto"`` stands for: ``"zero"``, unless the zero embedding is a
     degenerate point of the model, then the pad token (else eos, unk, the mean embedding).
 
@@ -99,7 +100,7 @@ def is_multi(spec: Any) -> bool:
     )
 
 
-def build_baselines(ctx: Any, spec: Any) -> Float[Tensor, "n_baselines pos d_model"]:
+def build_baselines(ctx: Context, spec: Any) -> Float[Tensor, "n_baselines pos d_model"]:
     """Baseline embeddings; fixed (BOS) positions keep the input embedding."""
     specs = list(spec) if is_multi(spec) else [spec]
     x = ctx.input_embed()[0]

@@ -66,16 +66,10 @@ def _print_table(res: Any, out: Any) -> None:
 
 
 def _run_kwargs(args: argparse.Namespace) -> dict:
-    """The options `attribute` and `attribute-dataset` share, as keywords for the API call."""
-    return dict(
-        contrast=args.contrast,
-        kind=args.kind,
-        position=args.position,
-        seed=args.seed,
-        memory_mb=args.memory_mb,
-        batch_size=args.batch_size,
-        **_params(args.param),
-    )
+    """The run options on the command line and the method's own parameters, as API keywords."""
+    from .options import from_args
+
+    return {**from_args(args), **_params(args.param)}
 
 
 def cmd_attribute(args: argparse.Namespace) -> int:
@@ -236,7 +230,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .report import report
 
     model = ma.load_model(args.model, kind=args.kind_model, device=args.device)
-    opts = {k: v for k, v in (("contrast", args.contrast), ("kind", args.kind), ("position", args.position)) if v is not None}
+    from .options import TARGET_OPTIONS, from_args
+
+    opts = {k: v for k, v in from_args(args).items() if k in TARGET_OPTIONS and v is not None}
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     report(model, args.text, args.target, methods, path=args.out, validate=args.validate,
            seed=args.seed, figures=False if args.no_figures else None, **opts)
@@ -278,8 +274,34 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _parents() -> dict[str, argparse.ArgumentParser]:
+    """Option groups declared once and shared by the subcommands (argparse parents)."""
+    from .options import cli_parent
+
+    model = argparse.ArgumentParser(add_help=False)
+    model.add_argument("--kind-model", default="auto", choices=["auto", "bridge", "hooked"], help="TransformerBridge or HookedTransformer (TL 3 only)")
+    model.add_argument("--device", default="cpu", help="torch device (default cpu); 'cuda' under torchrun means cuda:$LOCAL_RANK")
+    quiet = argparse.ArgumentParser(add_help=False)
+    quiet.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
+    params = argparse.ArgumentParser(add_help=False)
+    params.add_argument("--param", "-p", action="append", default=[], metavar="KEY=VALUE", help="a method parameter, repeatable: -p n_steps=64 -p baseline=pad")
+    method = argparse.ArgumentParser(add_help=False)
+    method.add_argument("--method", "-m", default="integrated_gradients", help="method name or alias (see `mechattr methods`); default integrated_gradients")
+    return {
+        "target": cli_parent("contrast", "kind", "position"),
+        "batching": cli_parent("memory_mb", "batch_size"),
+        "seed": cli_parent("seed"),
+        "model": model,
+        "quiet": quiet,
+        "params": params,
+        "method": method,
+    }
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .tl.loading import DEFAULT_MODEL
+
+    P = _parents()
 
     p = argparse.ArgumentParser(
         prog="mechattr",
@@ -289,50 +311,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = p.add_subparsers(dest="command", required=True)
 
-    a = sub.add_parser("attribute", help="attribute a model's output to its input tokens")
+    a = sub.add_parser("attribute", help="attribute a model's output to its input tokens",
+                       parents=[P["method"], P["target"], P["params"], P["seed"], P["batching"], P["model"], P["quiet"]])
     a.add_argument("model", help=f"built-in name (see `mechattr models`, e.g. {DEFAULT_MODEL}), local HF dir, or Hub name")
     a.add_argument("text", help="the prompt")
-    a.add_argument("--method", "-m", default="integrated_gradients", help="method name or alias (see `mechattr methods`); default integrated_gradients")
     a.add_argument("--target", "-t", default=None, help="the next token to explain, e.g. ' Paris' (default: the model's own prediction)")
-    a.add_argument("--contrast", "-c", default=None, help="a foil token: explain target vs foil (logit difference by default)")
     a.add_argument("--continuation", default=None, help="force this continuation and attribute each of its tokens")
     a.add_argument("--generate", type=int, default=None, help="greedily generate N tokens and attribute each")
-    a.add_argument("--kind", default=None, help="log_prob (default), prob, logit; for contrasts logit_diff, log_prob_diff, prob_diff")
-    a.add_argument("--position", type=int, default=None, help="prompt position whose prediction is explained (default: last)")
-    a.add_argument("--param", "-p", action="append", default=[], metavar="KEY=VALUE", help="a method parameter, repeatable: -p n_steps=64 -p baseline=pad")
-    a.add_argument("--seed", type=int, default=0, help="seed for stochastic methods (default 0)")
-    a.add_argument("--memory-mb", type=float, default=2048.0, help="activation memory cap per batch in MiB (default 2048)")
-    a.add_argument("--batch-size", type=int, default=None, help="sequences per forward pass (overrides --memory-mb)")
-    a.add_argument("--kind-model", default="auto", choices=["auto", "bridge", "hooked"], help="TransformerBridge or HookedTransformer (TL 3 only)")
-    a.add_argument("--device", default="cpu", help="torch device (default cpu)")
     a.add_argument("--html", default=None, help="write an offline HTML page here")
     a.add_argument("--json", default=None, help="write the result as JSON here ('-' for stdout)")
     a.add_argument("--save", default=None, help="save the result (safetensors + JSON metadata) here")
-    a.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
     a.set_defaults(func=cmd_attribute)
 
-    ds = sub.add_parser("attribute-dataset", help="attribute every prompt of a file, streaming resumable shards to a directory (runs data-parallel under torchrun)")
+    ds = sub.add_parser("attribute-dataset", help="attribute every prompt of a file, streaming resumable shards to a directory (runs data-parallel under torchrun)",
+                        parents=[P["method"], P["target"], P["params"], P["seed"], P["batching"], P["model"], P["quiet"]])
     ds.add_argument("prompts", help="a .jsonl file (strings or {\"text\", \"target\", \"contrast\"} objects a line), a JSON list, or plain text with one prompt a line")
     ds.add_argument("--model", required=True, help="built-in name (see `mechattr models`), local HF dir, or Hub name")
-    ds.add_argument("--method", "-m", default="integrated_gradients", help="method name or alias (see `mechattr methods`); default integrated_gradients")
     ds.add_argument("--out", "-o", required=True, help="output directory: manifest.json and one shard-NNNNN.safetensors per shard")
     ds.add_argument("--target", "-t", default=None, help="the next token to explain for every prompt without its own (default: the model's own prediction)")
-    ds.add_argument("--contrast", "-c", default=None, help="a foil token for every prompt without its own")
-    ds.add_argument("--kind", default=None, help="log_prob (default), prob, logit; for contrasts logit_diff, log_prob_diff, prob_diff")
-    ds.add_argument("--position", type=int, default=None, help="prompt position whose prediction is explained (default: last)")
     ds.add_argument("--shard-size", type=int, default=64, help="items per shard file, the unit of resuming and of splitting over ranks (default 64)")
     ds.add_argument("--no-resume", action="store_true", help="delete the shards already in --out and start over (default: skip finished shards)")
-    ds.add_argument("--param", "-p", action="append", default=[], metavar="KEY=VALUE", help="a method parameter, repeatable: -p n_steps=64")
-    ds.add_argument("--seed", type=int, default=0, help="seed for stochastic methods (default 0)")
-    ds.add_argument("--memory-mb", type=float, default=2048.0, help="activation memory cap per batch in MiB (default 2048)")
-    ds.add_argument("--batch-size", type=int, default=None, help="sequences per forward pass (overrides --memory-mb)")
-    ds.add_argument("--kind-model", default="auto", choices=["auto", "bridge", "hooked"], help="TransformerBridge or HookedTransformer (TL 3 only)")
-    ds.add_argument("--device", default="cpu", help="torch device (default cpu); 'cuda' under torchrun means cuda:$LOCAL_RANK")
     ds.add_argument("--json", action="store_true", help="print the run summary (items, shards, items/s) as JSON")
-    ds.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
     ds.set_defaults(func=cmd_attribute_dataset)
 
-    v = sub.add_parser("validate", help="sanity checks, faithfulness curves and agreement for several methods")
+    v = sub.add_parser("validate", help="sanity checks, faithfulness curves and agreement for several methods",
+                       parents=[P["seed"], P["model"], P["quiet"]])
     v.add_argument("model", help="model name or directory, as for `attribute`")
     v.add_argument("text", nargs="?", default=None, help="one prompt (or use --prompts FILE)")
     v.add_argument("--prompts", default=None, help="a file with one prompt per line, or a JSON list of strings")
@@ -340,29 +343,19 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--methods", default="integrated_gradients,input_x_gradient,saliency", help="comma-separated methods to check")
     v.add_argument("--checks", default="all", help="'all' or comma-separated: randomization, data_randomization, completeness, perturbation, agreement, ablation, roar, ground_truth")
     v.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE", help="a validate() option, repeatable: -o threshold=0.4 -o replacement='delete'")
-    v.add_argument("--seed", type=int, default=0, help="seed for every random choice (default 0)")
-    v.add_argument("--kind-model", default="auto", choices=["auto", "bridge", "hooked"], help="TransformerBridge or HookedTransformer (TL 3 only)")
-    v.add_argument("--device", default="cpu", help="torch device (default cpu)")
     v.add_argument("--html", default=None, help="write the offline HTML report here")
     v.add_argument("--json", default=None, help="write the report as JSON here ('-' for stdout)")
-    v.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
     v.set_defaults(func=cmd_validate)
 
-    r = sub.add_parser("report", help="write one offline HTML report: several methods, agreement, optional validation")
+    r = sub.add_parser("report", help="write one offline HTML report: several methods, agreement, optional validation",
+                       parents=[P["target"], P["seed"], P["model"], P["quiet"]])
     r.add_argument("model", help="built-in name (see `mechattr models`), local HF dir, or Hub name")
     r.add_argument("text", help="the prompt")
     r.add_argument("--target", "-t", default=None, help="the next token to explain (default: the model's own prediction)")
-    r.add_argument("--contrast", "-c", default=None, help="a foil token: explain target vs foil")
-    r.add_argument("--kind", default=None, help="log_prob (default), prob, logit; for contrasts logit_diff, log_prob_diff, prob_diff")
-    r.add_argument("--position", type=int, default=None, help="prompt position whose prediction is explained (default: last)")
     r.add_argument("--methods", default="integrated_gradients,input_x_gradient,saliency", help="comma-separated method names")
     r.add_argument("--validate", action="store_true", help="also run completeness, deletion/insertion curves, agreement and ablation checks")
     r.add_argument("--no-figures", action="store_true", help="leave out matplotlib figures even when matplotlib is installed")
     r.add_argument("--out", "-o", default="mechattr-report.html", help="output HTML file (default mechattr-report.html)")
-    r.add_argument("--seed", type=int, default=0, help="seed for stochastic methods and validation (default 0)")
-    r.add_argument("--kind-model", default="auto", choices=["auto", "bridge", "hooked"], help="TransformerBridge or HookedTransformer (TL 3 only)")
-    r.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    r.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
     r.set_defaults(func=cmd_report)
 
     m = sub.add_parser("methods", help="list the attribution methods, one line each")
@@ -373,11 +366,11 @@ def build_parser() -> argparse.ArgumentParser:
     mo.add_argument("--json", action="store_true", help="machine-readable output")
     mo.set_defaults(func=cmd_models)
 
-    d = sub.add_parser("demo", help="attribute the demo prompts on the default model and write an HTML page")
+    d = sub.add_parser("demo", help="attribute the demo prompts on the default model and write an HTML page",
+                       parents=[P["seed"]])
     d.add_argument("--model", default=None, help="model (default: the built-in default model)")
     d.add_argument("--methods", default="integrated_gradients,input_x_gradient,saliency", help="comma-separated methods")
     d.add_argument("--out", default="mechattr-demo.html", help="output HTML file")
-    d.add_argument("--seed", type=int, default=0, help="seed for stochastic methods (default 0)")
     d.add_argument("--quiet", "-q", action="store_true", help="print only the output file")
     d.set_defaults(func=cmd_demo)
     return p

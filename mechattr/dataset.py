@@ -34,7 +34,9 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from .attribution import FORMAT_NAME, FORMAT_VERSION, Attribution, _atomic_write, _jsonable
+from ._io import atomic_write
+from .options import TARGET_OPTIONS, RunOptions
+from .attribution import FORMAT_NAME, FORMAT_VERSION, Attribution, _jsonable
 from .errors import InputError, MechattrError, ResultFileError
 
 DATASET_FORMAT = "mechattr-dataset"
@@ -212,7 +214,7 @@ def _write_shard(path: Path, shard: int, indices: list[int], results: list[Attri
         tensors[f"item{i}"] = res.scores.detach().cpu().contiguous()
         items.append({"index": i, "attribution": meta})
     header = {"shard": shard, "rank": rank, "world_size": world_size, "run": run_id, "items": items}
-    _atomic_write(path, save(tensors, metadata={SHARD_META: json.dumps(header)}))
+    atomic_write(path, save(tensors, metadata={SHARD_META: json.dumps(header)}))
 
 
 def read_shard(path: str | os.PathLike) -> tuple[dict[str, Any], list[tuple[int, Attribution]]]:
@@ -389,8 +391,10 @@ def attribute_dataset(
     items = read_prompts(prompts)
     adapter = as_adapter(model, prepend_bos)
     out = Path(out_dir)
-    settings = {"target": target, "contrast": contrast, "kind": kind, "position": position,
-                "prepend_bos": prepend_bos, "attribute_bos": attribute_bos, "seed": seed}
+    opts = RunOptions(contrast=contrast, kind=kind, position=position, prepend_bos=prepend_bos,
+                      attribute_bos=attribute_bos, memory_mb=memory_mb, batch_size=batch_size, seed=seed).check()
+    # memory_mb / batch_size change only how steps are batched, not results (see _RESULT_KEYS)
+    settings = {"target": target, **{k: v for k, v in opts.as_dict().items() if k in _RESULT_KEYS}}
     manifest = _manifest(adapter, items, info.name, params, settings, shard_size)
     run_id = hashlib.sha256(json.dumps({k: manifest.get(k) for k in _RESULT_KEYS}, sort_keys=True).encode()).hexdigest()[:16]
     manifest["run"] = run_id
@@ -409,7 +413,7 @@ def attribute_dataset(
                 for p in _shard_files(out).values():
                     p.unlink()
             if old is None:
-                _atomic_write(out / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode("utf-8"))
+                atomic_write(out / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode("utf-8"))
         if dist is not None:
             dist.barrier()
 
@@ -428,12 +432,10 @@ def attribute_dataset(
                 for i in idx:
                     it = items[i]
                     try:
+                        per_item = {k: it[k] for k in TARGET_OPTIONS if k in it}  # an item's own overrides
                         res = api.attribute(
                             model, it["text"], it.get("target", target), method=info.name,
-                            contrast=it.get("contrast", contrast), kind=it.get("kind", kind),
-                            position=it.get("position", position), prepend_bos=prepend_bos,
-                            attribute_bos=attribute_bos, memory_mb=memory_mb, batch_size=batch_size,
-                            seed=seed, quiet=True, **params,
+                            **{**opts.as_dict(), **per_item}, quiet=True, **params,
                         )
                     except MechattrError as e:  # say which item, so it can be found in a big file
                         raise type(e)(f"Prompt {i} ({it['text'][:40]!r}): {e}") from e

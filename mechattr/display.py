@@ -191,9 +191,9 @@ def html_page(
     title = title or f"mechattr — {results[0].prompt!r}"
     text = page(title, [result_section(r) for r in results])
     if path is not None:
-        from .attribution import _atomic_write
+        from ._io import atomic_write
 
-        _atomic_write(Path(path), text.encode("utf-8"))
+        atomic_write(Path(path), text.encode("utf-8"))
     return text
 
 

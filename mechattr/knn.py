@@ -120,13 +120,13 @@ def _write(path: Path, key: str, k: int, idx: Tensor, dist: Tensor) -> None:
     """Write under a temporary name in the same folder, then rename: readers never see half a file."""
     from safetensors.torch import save
 
-    from .attribution import _atomic_write
+    from ._io import atomic_write
 
     blob = save(
         {"indices": idx.cpu().contiguous(), "distances": dist.cpu().contiguous()},
         metadata={"format": FORMAT, "key": key, "k": str(k)},
     )
-    _atomic_write(path, blob)
+    atomic_write(path, blob)
 
 
 def knn_graph(

@@ -45,8 +45,10 @@ from einops import repeat
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from .tl.adapter import ModelAdapter
+from .contract import Context
 from .errors import MethodError
+from .targets import Plan
+from .tl.adapter import ModelAdapter
 
 SPECIAL_REPLACEMENTS = ("unk", "mask", "pad", "eos", "bos")
 REPLACEMENTS = ("auto", "delete", "zero", "mean", "plausible") + SPECIAL_REPLACEMENTS
@@ -126,7 +128,7 @@ def sample_tokens(
     return draws.T.contiguous()
 
 
-def resolve_replacement(ctx: Any, replacement: Any = "auto", seed_offset: int = 0) -> Replacement:
+def resolve_replacement(ctx: Context, replacement: Any = "auto", seed_offset: int = 0) -> Replacement:
     """Turn a replacement spec (see the module docstring) into a :class:`Replacement`.
 
     ``"plausible"`` draws use ``ctx.generator(PLAUSIBLE_SEED_OFFSET + seed_offset)``."""
@@ -168,7 +170,7 @@ def resolve_replacement(ctx: Any, replacement: Any = "auto", seed_offset: int = 
     raise MethodError(f"Unknown replacement {replacement!r}; choose one of {list(REPLACEMENTS)} or a token id.")
 
 
-def check_masks(ctx: Any, masks: Tensor) -> Bool[Tensor, "n pos"]:
+def check_masks(ctx: Context, masks: Tensor) -> Bool[Tensor, "n pos"]:
     """Masks as a 2-D bool tensor on the input's device, fixed (BOS) positions cleared."""
     if not isinstance(masks, Tensor):
         masks = torch.as_tensor(masks)
@@ -182,12 +184,12 @@ def check_masks(ctx: Any, masks: Tensor) -> Bool[Tensor, "n pos"]:
     return masks
 
 
-def _evaluate(ctx: Any, plan: Any, tokens: Tensor, embeds: Tensor | None = None) -> Tensor:
+def _evaluate(ctx: Context, plan: Plan, tokens: Tensor, embeds: Tensor | None = None) -> Tensor:
     return plan.evaluate(ctx.adapter, tokens, embeds)
 
 
 def perturbed_values(
-    ctx: Any,
+    ctx: Context,
     masks: Bool[Tensor, "n pos"],
     replacement: Any = "auto",
 ) -> Float[Tensor, "n rows"]:
@@ -221,7 +223,7 @@ def perturbed_values(
     return torch.cat(out, dim=0)
 
 
-def _deleted_values(ctx: Any, masks: Bool[Tensor, "n pos"]) -> Float[Tensor, "n rows"]:
+def _deleted_values(ctx: Context, masks: Bool[Tensor, "n pos"]) -> Float[Tensor, "n rows"]:
     plan = ctx.plan
     if not (dataclasses.is_dataclass(plan) and "positions" in {f.name for f in dataclasses.fields(plan)}):
         raise MethodError(
@@ -260,7 +262,7 @@ def _deleted_values(ctx: Any, masks: Bool[Tensor, "n pos"]) -> Float[Tensor, "n 
     return vals.gather(0, idx).to(dtype)
 
 
-def deleted_tokens(ctx: Any, mask: Bool[Tensor, " pos"], row: int = 0) -> tuple[Int[Tensor, "1 len"], int]:
+def deleted_tokens(ctx: Context, mask: Bool[Tensor, " pos"], row: int = 0) -> tuple[Int[Tensor, "1 len"], int]:
     """The shortened input that ``replacement='delete'`` evaluates for target ``row`` and the
     row's shifted read position (for inspection and tests)."""
     m = check_masks(ctx, mask)[0]
@@ -300,7 +302,7 @@ class Features:
         return (phi / size) @ m
 
 
-def make_features(ctx: Any, spans: Sequence[Sequence[int]] | None = None) -> Features:
+def make_features(ctx: Context, spans: Sequence[Sequence[int]] | None = None) -> Features:
     """Every free token its own feature, or one feature per span ``(start, end)`` (end
     exclusive, positions of the full input including BOS). Spans must be disjoint, non-empty and
     avoid fixed positions."""

@@ -1,58 +1,17 @@
-"""Methods are plain functions registered by name; this module finds them and checks their params."""
+"""Finding registered methods by name (the built-in ones are imported on first lookup).
+
+The contract itself (:class:`~mechattr.contract.Context`, :class:`~mechattr.contract.MethodOutput`,
+:func:`~mechattr.contract.register`) lives in :mod:`mechattr.contract`; its names are re-exported
+here for code written against the older layout.
+"""
 
 from __future__ import annotations
 
-import inspect
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
+from . import contract
+from .contract import MethodInfo, MethodOutput, register
 from .errors import MethodError, suggest
-
-
-@dataclass(frozen=True)
-class MethodInfo:
-    name: str
-    fn: Callable[..., Any]
-    family: str
-    summary: str
-    aliases: tuple[str, ...] = ()
-    # "completeness": sum of token scores equals f(x) - f(baseline) (up to numerical error)
-    promises: tuple[str, ...] = ()
-    layered: bool = False
-
-    def parameters(self) -> dict[str, Any]:
-        sig = inspect.signature(self.fn)
-        return {
-            n: p.default
-            for n, p in sig.parameters.items()
-            if p.kind == p.KEYWORD_ONLY
-        }
-
-
-_METHODS: dict[str, MethodInfo] = {}
-_ALIASES: dict[str, str] = {}
-
-
-def register(
-    name: str,
-    *,
-    family: str,
-    summary: str,
-    aliases: tuple[str, ...] = (),
-    promises: tuple[str, ...] = (),
-    layered: bool = False,
-) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorator: ``fn(ctx, *, param=default, ...) -> MethodOutput`` becomes method ``name``."""
-
-    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
-        if name in _METHODS or name in _ALIASES:
-            raise RuntimeError(f"method {name!r} registered twice")
-        _METHODS[name] = MethodInfo(name, fn, family, summary, tuple(aliases), tuple(promises), layered)
-        for a in aliases:
-            _ALIASES[a] = name
-        return fn
-
-    return deco
 
 
 def _load_builtin() -> None:
@@ -60,22 +19,23 @@ def _load_builtin() -> None:
 
 
 def get_method(name: str) -> MethodInfo:
+    """The registered method called ``name`` (or one of its aliases)."""
     _load_builtin()
     if not isinstance(name, str):
         raise MethodError(f"A method is named by a string, got {type(name).__name__}.")
-    key = name.strip().lower().replace("-", "_")
-    key = _ALIASES.get(key, key)
-    if key not in _METHODS:
+    key = contract.resolve_alias(name.strip().lower().replace("-", "_"))
+    methods = contract.registered()
+    if key not in methods:
         raise MethodError(
-            f"Unknown attribution method {name!r}.{suggest(key, list(_METHODS) + list(_ALIASES))} "
+            f"Unknown attribution method {name!r}.{suggest(key, contract.known_names())} "
             "Run `mechattr methods` (or mechattr.list_methods()) to see them all."
         )
-    return _METHODS[key]
+    return methods[key]
 
 
 def list_methods() -> list[MethodInfo]:
     _load_builtin()
-    return sorted(_METHODS.values(), key=lambda m: (m.family, m.name))
+    return sorted(contract.registered().values(), key=lambda m: (m.family, m.name))
 
 
 def check_params(info: MethodInfo, params: dict[str, Any]) -> None:
@@ -88,11 +48,4 @@ def check_params(info: MethodInfo, params: dict[str, Any]) -> None:
             )
 
 
-@dataclass
-class MethodOutput:
-    """What a method returns; :func:`mechattr.attribute` wraps it into an Attribution."""
-
-    scores: Any  # Tensor with axes ``dims``
-    dims: tuple[str, ...] = ("target", "src")
-    params: dict[str, Any] = field(default_factory=dict)
-    diagnostics: dict[str, Any] = field(default_factory=dict)
+__all__ = ["get_method", "list_methods", "check_params", "MethodInfo", "MethodOutput", "register"]

@@ -25,6 +25,7 @@ from typing import Any, Sequence
 import torch
 
 from .errors import InputError
+from .options import RUN_OPTIONS
 
 DEFAULT_METHODS = ("integrated_gradients", "input_x_gradient", "saliency")
 DEFAULT_CHECKS = ("completeness", "perturbation", "agreement", "ablation")
@@ -38,7 +39,7 @@ CSP = (
 
 # Options of ma.attribute that define the target and the batching; passed to every method and to
 # validation alike, so the checks re-evaluate exactly what was attributed.
-_SHARED = ("contrast", "kind", "position", "prepend_bos", "attribute_bos", "memory_mb", "batch_size")
+_SHARED = tuple(n for n in RUN_OPTIONS if n != "seed")
 
 
 def _method_list(methods: Any) -> list[tuple[str, str, dict[str, Any]]]:
@@ -261,9 +262,9 @@ def report(
 
     out = _with_csp(page(title or f"mechattr report — {text!r}", sections))
     if path is not None:
-        from .attribution import _atomic_write
+        from ._io import atomic_write
 
-        _atomic_write(Path(path), out.encode("utf-8"))
+        atomic_write(Path(path), out.encode("utf-8"))
     return out
 
 

@@ -18,6 +18,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from .tl.adapter import ModelAdapter
+from .tl.hooks import replace_embed
 from .errors import InputError, TargetError
 
 LOGIT_KINDS = ("log_prob", "prob", "logit")
@@ -98,12 +99,39 @@ class LogitPlan(Plan):
     def evaluate(self, adapter, tokens, embed=None, fwd_hooks=()):
         uniq = sorted(set(self.positions))
         logits = adapter.logits(tokens, embed=embed, positions=uniq, fwd_hooks=fwd_hooks)
-        index = {p: i for i, p in enumerate(uniq)}
+        return self.score(logits, {p: i for i, p in enumerate(uniq)})
+
+    def score(
+        self, logits: Float[Tensor, "batch k vocab"], index: dict[int, int] | None = None
+    ) -> Float[Tensor, "batch rows"]:
+        """The target rows read from ``logits``; ``index`` maps a prompt position to its column
+        in ``logits`` (default: the logits cover every position)."""
         cols = [
-            _score_logits(logits[:, index[p]], self.kind, t, f)
+            _score_logits(logits[:, p if index is None else index[p]], self.kind, t, f)
             for p, t, f in zip(self.positions, self.token_ids, self.foil_ids)
         ]
         return torch.stack(cols, dim=-1)
+
+
+def evaluate_hooked(
+    adapter: ModelAdapter,
+    plan: Plan,
+    tokens: Int[Tensor, "batch pos"],
+    embed: Float[Tensor, "batch pos d_model"] | None = None,
+    fwd_hooks: Sequence[tuple[str, Callable]] = (),
+) -> Float[Tensor, "batch rows"]:
+    """``plan.evaluate``, except that a logit target runs the whole forward (final norm and
+    unembedding included) inside the hooks. ``adapter.logits`` applies ``ln_final`` after its
+    hooks are gone, so a hook on ``ln_final.hook_scale`` (freezing the final norm) would
+    silently not apply there."""
+    if not isinstance(plan, LogitPlan):
+        return plan.evaluate(adapter, tokens, embed, fwd_hooks=fwd_hooks)
+    hooks = list(fwd_hooks)
+    if embed is not None:
+        hooks.insert(0, replace_embed(embed))
+    with adapter.hooks(fwd_hooks=hooks):
+        logits = adapter.model(tokens)
+    return plan.score(logits)
 
 
 class Target:

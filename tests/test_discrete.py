@@ -10,7 +10,7 @@ import torch
 
 import mechattr as ma
 import mechattr.knn as knn
-from mechattr.methods._common import Context
+from mechattr.contract import Context
 from mechattr.methods.discrete import discrete_path, vocab_embeddings
 
 from .conftest import TL_MAJOR, model_unchanged

@@ -128,10 +128,10 @@ class Boom(RuntimeError):
 
 def test_fault_half_way_leaves_model_unchanged(tiny_model, monkeypatch):
     """Inject a failure in the middle of IG (after some batches ran with hooks attached)."""
-    from mechattr.methods import _common
+    from mechattr import contract
 
     calls = {"n": 0}
-    real = _common.Context.max_batch
+    real = contract.Context.max_batch
 
     def tiny_batches(self, with_grad=True):
         return 2
@@ -147,7 +147,7 @@ def test_fault_half_way_leaves_model_unchanged(tiny_model, monkeypatch):
     from mechattr import targets
 
     orig_eval = targets.LogitPlan.evaluate
-    monkeypatch.setattr(_common.Context, "max_batch", tiny_batches)
+    monkeypatch.setattr(contract.Context, "max_batch", tiny_batches)
     monkeypatch.setattr(targets.LogitPlan, "evaluate", failing_evaluate)
     tiny_model.train()  # a user who left the model in train mode gets it back in train mode
     try:
@@ -157,7 +157,7 @@ def test_fault_half_way_leaves_model_unchanged(tiny_model, monkeypatch):
         assert calls["n"] == 3
     finally:
         tiny_model.eval()
-    monkeypatch.setattr(_common.Context, "max_batch", real)
+    monkeypatch.setattr(contract.Context, "max_batch", real)
 
 
 def test_fault_inside_a_hook_leaves_no_hooks(tiny_model):

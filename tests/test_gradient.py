@@ -191,7 +191,7 @@ def test_model_left_unchanged(tiny_model):
 
 
 def test_numpy_free_rule_points():
-    from mechattr.methods._common import rule_points
+    from mechattr.quadrature import rule_points
 
     for rule in ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid"):
         a, w = rule_points(7, rule)

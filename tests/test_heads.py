@@ -10,7 +10,7 @@ import torch
 
 import mechattr as ma
 import mechattr.linking as lk
-from mechattr.linking.heads import head_pieces
+from mechattr.methods.token_head import head_pieces
 
 from .conftest import model_unchanged
 

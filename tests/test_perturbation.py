@@ -14,7 +14,7 @@ import torch
 
 import mechattr as ma
 from mechattr.errors import MethodError
-from mechattr.methods._common import Context
+from mechattr.contract import Context
 from mechattr.methods.perturbation import weighted_ridge
 from mechattr.perturb import (
     deleted_tokens,

@@ -9,7 +9,7 @@ import torch
 
 import mechattr as ma
 from mechattr.errors import InputError
-from mechattr.registry import MethodOutput
+from mechattr.contract import MethodOutput
 from mechattr.validation import roar
 from tests.conftest import model_unchanged
 

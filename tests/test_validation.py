@@ -10,7 +10,7 @@ import torch
 
 import mechattr as ma
 from mechattr.errors import InputError, ModelError
-from mechattr.registry import MethodOutput, register
+from mechattr.contract import MethodOutput, register
 from mechattr.validation import randomization
 from tests.conftest import model_unchanged
 

@@ -617,11 +617,11 @@ def write_circuit_page(
     graph: Mapping[str, Any], path: str | os.PathLike, *, title: str | None = None, max_edges: int = DEFAULT_MAX_EDGES
 ) -> Path:
     """Write :func:`circuit_page` to ``path`` atomically (a partial file never replaces a good one)."""
-    from ..attribution import _atomic_write
+    from .._io import atomic_write
 
     text = circuit_page(graph, title=title, max_edges=max_edges)
     out = Path(path)
-    _atomic_write(out, text.encode("utf-8"))
+    atomic_write(out, text.encode("utf-8"))
     return out
 
 

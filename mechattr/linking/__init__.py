@@ -1,7 +1,4 @@
-"""Linking token attributions to heads, probes and SAE features.
-
-Importing this package registers the ``token_head`` attribution method.
-"""
+"""Linking token attributions to heads, probes and SAE features."""
 
 from .heads import token_head_map
 from .patching import PatchingResult, head_attribution, tl_attribution_patching_available

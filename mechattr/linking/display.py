@@ -114,9 +114,9 @@ def linking_page(
         raise InputError("linking_page needs heads=, features= or probes=.")
     out = page(title, sections)
     if path is not None:
-        from ..attribution import _atomic_write
+        from .._io import atomic_write
 
-        _atomic_write(Path(path), out.encode("utf-8"))
+        atomic_write(Path(path), out.encode("utf-8"))
     return out
 
 

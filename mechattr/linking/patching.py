@@ -41,11 +41,13 @@ from einops import einsum
 from jaxtyping import Float
 from torch import Tensor
 
-from ..tl.adapter import ModelAdapter, tl_major
 from ..errors import InputError, MethodError
-from ..methods._common import rule_points
-from ..targets import LogitPlan, _score_logits
-from .heads import Taps, evaluate_hooked
+from ..quadrature import rule_points
+from ..targets import LogitPlan, Plan, evaluate_hooked
+from ..tl.adapter import ModelAdapter
+from ..tl import attribution_patching as tl_patching
+from ..tl.attribution_patching import tl_attribution_patching_available
+from ..tl.hooks import Taps
 
 BACKENDS = ("mechattr", "transformer_lens")
 DIRECTIONS = ("denoise", "noise")
@@ -126,16 +128,17 @@ class PatchingResult:
         return [(i // H, i % H, float(flat[i])) for i in idx]
 
 
-def _names(n_layers: int) -> dict[str, list[str]]:
+def _names(adapter: ModelAdapter) -> dict[str, list[str]]:
+    layers = range(adapter.n_layers)
     return {
-        "z": [f"blocks.{layer}.attn.hook_z" for layer in range(n_layers)],
-        "mlp": [f"blocks.{layer}.hook_mlp_out" for layer in range(n_layers)],
-        "resid": [f"blocks.{layer}.hook_resid_pre" for layer in range(n_layers)],
+        "z": [adapter.attn_z(layer) for layer in layers],
+        "mlp": [adapter.mlp_out(layer) for layer in layers],
+        "resid": [adapter.resid_pre(layer) for layer in layers],
     }
 
 
 def _acts_grads(
-    adapter: ModelAdapter, plan: Any, tokens: Tensor, embed: Tensor, names: list[str], grad: bool,
+    adapter: ModelAdapter, plan: Plan, tokens: Tensor, embed: Tensor, names: list[str], grad: bool,
     rules: Any = None,
 ) -> tuple[dict[str, Tensor], dict[str, Tensor] | None, Tensor]:
     """Activations at ``names`` (batch of embeddings) and, if ``grad``, the gradient of the metric
@@ -151,14 +154,6 @@ def _acts_grads(
         metric = vals.sum(-1)
         grads = taps.grads(metric.sum(), retain_graph=False) if grad else None
     return taps.acts, grads, metric.detach()
-
-
-def _tokens(adapter: ModelAdapter, text: Any) -> Tensor:
-    if isinstance(text, str):
-        return adapter.tokenize(text)
-    if isinstance(text, Tensor) and not text.is_floating_point():
-        return adapter.check_length(text.reshape(1, -1).long().to(adapter.device))
-    raise InputError(f"Give a prompt as a string or a 1-D tensor of token ids, got {type(text).__name__}.")
 
 
 def head_attribution(
@@ -191,7 +186,7 @@ def head_attribution(
     of ``"attnlrp"``, ``"cp_lrp"`` or ``"gim"`` (:mod:`mechattr.methods.lrp_rules`): Relevance
     Patching (RelP, Jafari et al. 2025, arXiv 2508.21258) scores ``(a_clean − a_corrupt) ·``
     the LRP-modified gradient."""
-    from ..api import resolve
+    from ..api import prompt_tokens, resolve
     from ..methods.lrp_rules import RuleHooks, rule_set
 
     t0 = time.perf_counter()
@@ -206,8 +201,8 @@ def head_attribution(
         raise MethodError(f"gradient={gradient!r} needs backend='mechattr' (TransformerLens' tool has plain gradients only).")
     adapter, plan, _ = resolve(model, clean, target, contrast=contrast, kind=kind)
     rules = RuleHooks(adapter, rs) if rs.name != "plain" else None
-    n_prompt = _tokens(adapter, clean).shape[-1]
-    corr = _tokens(adapter, corrupt)
+    n_prompt = prompt_tokens(adapter, clean)[0].shape[-1]
+    corr = prompt_tokens(adapter, corrupt)[0]
     if corr.shape[-1] != n_prompt:
         raise InputError(
             f"The clean prompt has {n_prompt} tokens and the corrupted one {corr.shape[-1]}; "
@@ -217,7 +212,7 @@ def head_attribution(
     clean_toks = plan.tokens
     corr_toks = torch.cat([corr, clean_toks[:, n_prompt:]], dim=-1)  # same forced continuation
     L = adapter.n_layers
-    names = _names(L)
+    names = _names(adapter)
     all_names = names["z"] + names["mlp"] + names["resid"]
     with adapter.guard():
         e_clean, e_corr = adapter.embed(clean_toks), adapter.embed(corr_toks)
@@ -311,18 +306,8 @@ def _resolve_direction(direction: Any, grad_at: Any) -> str:
     return direction
 
 
-def tl_attribution_patching_available() -> bool:
-    if tl_major() < 4:
-        return False
-    try:
-        from transformer_lens.tools.analysis.attribution_patching import attribution_patch  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def _tl_node_scores(
-    adapter: ModelAdapter, plan: Any, clean: Tensor, corrupt: Tensor, ig_steps: int, grad_at: str
+    adapter: ModelAdapter, plan: Plan, clean: Tensor, corrupt: Tensor, ig_steps: int, grad_at: str
 ) -> tuple[Tensor, Tensor]:
     if not tl_attribution_patching_available() or adapter.kind != "bridge":
         raise MethodError(
@@ -337,25 +322,7 @@ def _tl_node_scores(
         )
     if not isinstance(plan, LogitPlan):
         raise MethodError("backend='transformer_lens' takes targets read from the logits only.")
-    from transformer_lens.tools.analysis.attribution_patching import attribution_patch
-
-    def metric_fn(logits: Tensor) -> Tensor:
-        rows = [
-            _score_logits(logits[:, p], plan.kind, t, f)
-            for p, t, f in zip(plan.positions, plan.token_ids, plan.foil_ids)
-        ]
-        return torch.stack(rows, -1).sum()
-
-    res = attribution_patch(adapter.model, clean, corrupt, metric_fn)
-    L, H, P = adapter.n_layers, adapter.n_heads, clean.shape[-1]
-    heads = torch.zeros(L, P, H, dtype=torch.float64)
-    mlp = torch.zeros(L, P, dtype=torch.float64)
-    for node, s in res.node_scores.items():
-        if node.kind == "attn_head_out":
-            heads[node.layer, node.position, node.head] = s
-        elif node.kind == "mlp_out":
-            mlp[node.layer, node.position] = s
-    return heads, mlp
+    return tl_patching.tl_node_scores(adapter, clean, corrupt, lambda logits: plan.score(logits).sum())
 
 
 __all__ = [

@@ -38,8 +38,8 @@ from torch import Tensor
 from ..tl.adapter import ModelAdapter, as_adapter
 from ..attribution import Attribution
 from ..errors import InputError, TargetError
-from ..targets import Plan, Target, resolve_position
-from .heads import Taps, evaluate_hooked, frozen_hooks
+from ..targets import Plan, Target, evaluate_hooked, resolve_position
+from ..tl.hooks import Taps, frozen_hooks
 
 
 # ----- duck typing -------------------------------------------------------------------------------

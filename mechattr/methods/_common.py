@@ -1,94 +1,24 @@
-"""Small helpers every method family shares: the call context, batching under a memory cap,
-target values and gradients with respect to the token embeddings."""
+"""Small helpers the method families share (private to ``mechattr.methods``): gradients with
+respect to the token embeddings batched under the memory cap, reductions, completeness.
+
+The call context is :class:`mechattr.contract.Context`; the quadrature rules are in
+:mod:`mechattr.quadrature`. Both names are re-exported here for code written against the older
+layout."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
-from jaxtyping import Bool, Float, Int
+from jaxtyping import Float
 from torch import Tensor
 
-from ..tl.adapter import ModelAdapter
+from ..contract import Context
 from ..errors import MethodError
 from ..progress import progress
-from ..targets import Plan
+from ..quadrature import rule_points
 
 REDUCTIONS = ("sum", "l2", "l1")
-
-
-@dataclass
-class Context:
-    """Everything a method needs about one prompt and one target."""
-
-    adapter: ModelAdapter
-    plan: Plan
-    memory_mb: float = 2048.0
-    batch_size: int | None = None
-    seed: int = 0
-    quiet: bool = True
-    # Positions whose embedding is never perturbed and whose score is 0 (the BOS token).
-    fixed: Bool[Tensor, " pos"] | None = None
-    _input_embed: Tensor | None = field(default=None, repr=False)
-
-    @property
-    def tokens(self) -> Int[Tensor, "1 pos"]:
-        return self.plan.tokens
-
-    @property
-    def n_pos(self) -> int:
-        return int(self.tokens.shape[-1])
-
-    @property
-    def free(self) -> Bool[Tensor, " pos"]:
-        """Positions that are attributed."""
-        if self.fixed is None:
-            return torch.ones(self.n_pos, dtype=torch.bool, device=self.tokens.device)
-        return ~self.fixed
-
-    def input_embed(self) -> Float[Tensor, "1 pos d_model"]:
-        if self._input_embed is None:
-            self._input_embed = self.adapter.embed(self.tokens)
-        return self._input_embed
-
-    def generator(self, offset: int = 0) -> torch.Generator:
-        g = torch.Generator(device="cpu")
-        g.manual_seed(int(self.seed) + offset)
-        return g
-
-    def max_batch(self, with_grad: bool = True) -> int:
-        """How many sequences fit in one forward(+backward) under ``memory_mb``."""
-        if self.batch_size is not None:
-            return max(1, int(self.batch_size))
-        a = self.adapter
-        per_token = a.activation_bytes_per_token() + a.attention_bytes_per_token(self.n_pos)
-        if not with_grad:
-            per_token = per_token // 4
-        per_seq = max(1, per_token * self.n_pos)
-        return max(1, int(self.memory_mb * 2**20 // per_seq))
-
-    def batches(self, n: int, with_grad: bool = True) -> Iterator[slice]:
-        step = self.max_batch(with_grad)
-        for i in range(0, n, step):
-            yield slice(i, min(n, i + step))
-
-    def values(
-        self,
-        embeds: Float[Tensor, "n pos d_model"] | None = None,
-        tokens: Int[Tensor, "n pos"] | None = None,
-    ) -> Float[Tensor, "n rows"]:
-        """Target values without gradients, batched."""
-        if embeds is None and tokens is None:
-            embeds = self.input_embed()
-        n = embeds.shape[0] if embeds is not None else tokens.shape[0]
-        out = []
-        with torch.no_grad():
-            for sl in self.batches(n, with_grad=False):
-                toks = tokens[sl] if tokens is not None else self.tokens.expand(sl.stop - sl.start, -1)
-                emb = embeds[sl] if embeds is not None else None
-                out.append(self.plan.evaluate(self.adapter, toks, emb))
-        return torch.cat(out, dim=0)
 
 
 def reduce_hidden(x: Float[Tensor, "... d_model"], how: str) -> Float[Tensor, "..."]:
@@ -147,34 +77,6 @@ def mask_fixed(ctx: Context, scores: Tensor) -> Tensor:
     if ctx.fixed is None or not bool(ctx.fixed.any()):
         return scores
     return scores.masked_fill(ctx.fixed.to(scores.device), 0.0)
-
-
-def rule_points(n_steps: int, rule: str) -> tuple[Tensor, Tensor]:
-    """Interpolation coefficients alpha in [0, 1] and their quadrature weights (sum to 1)."""
-    if rule in ("gausslegendre", "gauss_legendre", "gauss-legendre"):
-        import numpy as np
-
-        x, w = np.polynomial.legendre.leggauss(n_steps)
-        return torch.tensor(0.5 * (x + 1), dtype=torch.float64), torch.tensor(0.5 * w, dtype=torch.float64)
-    if rule in ("riemann_trapezoid", "trapezoid"):
-        if n_steps < 2:
-            raise MethodError("The trapezoid rule needs n_steps >= 2.")
-        a = torch.linspace(0, 1, n_steps, dtype=torch.float64)
-        w = torch.full((n_steps,), 1.0 / (n_steps - 1), dtype=torch.float64)
-        w[0] = w[-1] = 0.5 / (n_steps - 1)
-        return a, w
-    k = torch.arange(n_steps, dtype=torch.float64)
-    w = torch.full((n_steps,), 1.0 / n_steps, dtype=torch.float64)
-    if rule in ("riemann_left", "left"):
-        return k / n_steps, w
-    if rule in ("riemann_right", "right"):
-        return (k + 1) / n_steps, w
-    if rule in ("riemann_middle", "middle", "riemann"):
-        return (k + 0.5) / n_steps, w
-    raise MethodError(
-        f"Unknown integration rule {rule!r}; choose gausslegendre, riemann_middle, riemann_left, "
-        "riemann_right, riemann_trapezoid, or adaptive (integrated gradients only)."
-    )
 
 
 def completeness(

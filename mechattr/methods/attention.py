@@ -22,15 +22,17 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ..errors import HookError, MethodError, ModelError
-from ..registry import MethodOutput, register
-from ._common import Context, mask_fixed
+from ..contract import Context, MethodOutput, register
+from ..tl import hooks as hooknames
+from ..tl.hooks import Recorder
+from ._common import mask_fixed
 from .flow import DEFAULT_SCALE, layered_max_flow
 
 HEAD_AGGS = ("mean", "max", "min")
 
 
 def pattern_hook(layer: int) -> str:
-    return f"blocks.{layer}.attn.hook_pattern"
+    return hooknames.attn_pattern(layer)
 
 
 def _compat_error(layer: int, cause: str) -> ModelError:
@@ -68,7 +70,7 @@ def aggregate_heads(
     return reduce(x, "... h i j -> ... i j", how)
 
 
-def capture(
+def record_attention(
     ctx: Context,
     layers: Sequence[int],
     extra: Callable[[int], Sequence[str]] = lambda l: (),
@@ -81,28 +83,14 @@ def capture(
     it, the target is evaluated through ``plan.evaluate`` and the captured tensors stay in the
     autograd graph (each hook stores its input and hands it on unchanged), so gradients with
     respect to them can be taken; the target values are returned as the third element."""
-    pats: dict[int, Tensor] = {}
-    acts: dict[tuple[int, str], Tensor] = {}
-
-    def keep_pattern(l: int) -> Callable:
-        def hook(x: Tensor, hook: Any) -> Tensor:
-            pats[l] = x
-            return x
-
-        return hook
-
-    def keep_act(l: int, name: str) -> Callable:
-        def hook(x: Tensor, hook: Any) -> Tensor:
-            acts[(l, name)] = x
-            return x
-
-        return hook
-
+    rec_p, rec_a = Recorder(detach=False), Recorder(detach=False)
     hooks: list[tuple[str, Callable]] = []
     for l in layers:
-        hooks.append((pattern_hook(l), keep_pattern(l)))
+        hooks.append(rec_p.hook(pattern_hook(l), key=l))
         for name in extra(l):
-            hooks.append((name, keep_act(l, name)))
+            hooks.append(rec_a.hook(name, key=(l, name)))
+    pats: dict[int, Tensor] = rec_p.acts
+    acts: dict[tuple[int, str], Tensor] = rec_a.acts
     a = ctx.adapter
     values = None
     try:
@@ -111,7 +99,7 @@ def capture(
                 values = ctx.plan.evaluate(a, ctx.tokens, embed, fwd_hooks=hooks)
         else:
             with torch.no_grad():
-                a.run_until(ctx.tokens, f"blocks.{max(layers)}.hook_resid_post", embed=embed, fwd_hooks=hooks)
+                a.run_until(ctx.tokens, a.resid_post(max(layers)), embed=embed, fwd_hooks=hooks)
     except HookError as e:
         if "hook_pattern" in str(e):
             raise _compat_error(min(layers), "does not exist") from e
@@ -126,7 +114,7 @@ def capture(
 
 
 def _patterns(ctx: Context, layers: Sequence[int]) -> Float[Tensor, "layer head pos pos"]:
-    pats, _, _ = capture(ctx, layers)
+    pats, _, _ = record_attention(ctx, layers)
     return torch.stack([pats[l][0] for l in layers]).detach()
 
 
@@ -275,7 +263,7 @@ def attention_x_gradient(ctx: Context) -> MethodOutput:
     L = ctx.adapter.n_layers
     layers = list(range(L))
     embed = ctx.input_embed().clone().requires_grad_(True)
-    pats, _, values = capture(ctx, layers, keep_graph=True, embed=embed)
+    pats, _, values = record_attention(ctx, layers, keep_graph=True, embed=embed)
     plist = [pats[l] for l in layers]
     rows = []
     with torch.enable_grad():
@@ -295,7 +283,7 @@ def attention_x_gradient(ctx: Context) -> MethodOutput:
 
 
 def _w_o(ctx: Context, layer: int) -> Float[Tensor, "head d_head d_model"]:
-    return ctx.adapter.model.blocks[layer].attn.W_O
+    return ctx.adapter.W_O(layer)
 
 
 VWA_HEADS = ("combined", "per_head")
@@ -322,12 +310,12 @@ def value_weighted_attention(ctx: Context, *, heads: str = "combined") -> Method
         raise MethodError(f"heads must be one of {list(VWA_HEADS)}, got {heads!r}.")
     a = ctx.adapter
     layers = list(range(a.n_layers))
-    v_name = lambda l: (f"blocks.{l}.attn.hook_v",)  # noqa: E731
-    pats, acts, _ = capture(ctx, layers, extra=v_name)
+    v_name = lambda l: (a.attn_v(l),)  # noqa: E731
+    pats, acts, _ = record_attention(ctx, layers, extra=v_name)
     H = a.n_heads
     out = []
     for l in layers:
-        v = acts[(l, f"blocks.{l}.attn.hook_v")][0].detach()  # [pos, kv_head, d_head]
+        v = acts[(l, a.attn_v(l))][0].detach()  # [pos, kv_head, d_head]
         if v.shape[-2] != H:
             if H % v.shape[-2]:
                 raise ModelError(f"{H} attention heads cannot share {v.shape[-2]} key/value heads evenly.")
@@ -361,20 +349,14 @@ def layer_gradient_x_activation(ctx: Context) -> MethodOutput:
     ``attribute_bos=True``) score 0, as in the gradient family."""
     a = ctx.adapter
     L = a.n_layers
-    names = [f"blocks.{l}.hook_resid_pre" for l in range(L)] + [a.final_resid_hook]
-    store: dict[int, Tensor] = {}
-
-    def keep(i: int) -> Callable:
-        def hook(x: Tensor, hook: Any) -> Tensor:
-            store[i] = x
-            return x
-
-        return hook
+    names = [a.resid_pre(l) for l in range(L)] + [a.final_resid_hook]
+    rec = Recorder(detach=False)
+    store = rec.acts
 
     embed = ctx.input_embed().clone().requires_grad_(True)
     with torch.enable_grad():
         values = ctx.plan.evaluate(
-            a, ctx.tokens, embed, fwd_hooks=[(n, keep(i)) for i, n in enumerate(names)]
+            a, ctx.tokens, embed, fwd_hooks=[rec.hook(n, key=i) for i, n in enumerate(names)]
         )
         missing = [names[i] for i in range(L + 1) if i not in store]
         if missing:

@@ -47,9 +47,8 @@ from ..baselines import build_baselines, describe
 from ..errors import MethodError
 from ..knn import knn_graph
 from ..progress import bar
-from ..registry import MethodOutput, register
+from ..contract import Context, MethodOutput, register
 from ._common import (
-    Context,
     check_positive_int,
     check_reduce,
     completeness,

@@ -8,24 +8,23 @@ magnitude by definition (Simonyan et al. 2014) and defaults to ``"l2"``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from einops import einsum, repeat
 
 from ..baselines import auto_baseline, build_baselines, data_baselines, describe, is_multi
 from ..errors import MethodError
-from ..registry import MethodOutput, register
+from ..contract import Context, MethodOutput, register
 from ._common import (
-    Context,
     check_positive_int,
     check_reduce,
     completeness,
     grad_map,
     mask_fixed,
     reduce_hidden,
-    rule_points,
 )
+from ..quadrature import rule_points
 
 
 def _gradient_at_input(ctx: Context) -> tuple[torch.Tensor, torch.Tensor]:
@@ -181,6 +180,87 @@ def _adaptive_path(
     return acc, diag
 
 
+class _IGRun(NamedTuple):
+    """What either IG variant hands the shared finish: the attribution ``acc`` ([rows, pos, d],
+    or [rows, pos] when already summed over d_model), f(x), the mean f(baseline), diagnostics."""
+
+    acc: torch.Tensor
+    summed: bool
+    f_x: torch.Tensor
+    f_b: torch.Tensor
+    extra: dict[str, Any]
+
+
+def ig_adaptive(
+    ctx: Context, x: torch.Tensor, B: torch.Tensor, *, n_steps: int, max_steps: int, tol: float, reduce: str
+) -> _IGRun:
+    """IG from each baseline in ``B`` by adaptive trapezoid quadrature (:func:`_adaptive_path`),
+    averaged over the baselines."""
+    nb = B.shape[0]
+    runs = [
+        _adaptive_path(ctx, x, B[i], n_steps=n_steps, max_points=max_steps, tol=float(tol),
+                       keep_dims=reduce != "sum")
+        for i in range(nb)
+    ]
+    # With reduce="sum" the maps are already summed over d_model ([rows, pos]).
+    acc = sum(p for p, _ in runs) / nb
+    extra = {
+        "n_forward_points": sum(d["n_forward_points"] for _, d in runs),
+        "rounds": max(d["rounds"] for _, d in runs),
+        "converged": all(d["converged"] for _, d in runs),
+        "smallest_interval": min(d["smallest_interval"] for _, d in runs),
+        "error_bound": max(d["error_bound"] for _, d in runs),
+        "alphas": [d["alphas"] for _, d in runs],
+        "history": [d["history"] for _, d in runs],
+    }
+    # the adaptive grid holds alpha = 1 and 0 already
+    f_x = runs[0][1]["f_ends"][0].to(x.dtype)
+    f_b = torch.stack([d["f_ends"][1] for _, d in runs]).mean(0).to(x.dtype)
+    return _IGRun(acc, reduce == "sum", f_x, f_b, extra)
+
+
+def ig_fixed(ctx: Context, x: torch.Tensor, B: torch.Tensor, *, n_steps: int, rule: str) -> _IGRun:
+    """IG from each baseline in ``B`` with the fixed quadrature ``rule`` of ``n_steps`` points
+    (:mod:`mechattr.quadrature`); all (baseline, step) points share one batched gradient pass."""
+    nb, rows = B.shape[0], ctx.plan.n_rows
+    alphas, weights = rule_points(n_steps, rule)
+    alphas = alphas.to(x.device)
+    # Point i is baseline i // n_steps at step i % n_steps; its weight folds in 1/nb.
+    w = (repeat(weights, "s -> (b s)", b=nb) / nb).to(x.device)
+    acc = torch.zeros(rows, *x.shape, dtype=torch.float64, device=x.device)
+
+    def make(sl: slice) -> torch.Tensor:
+        idx = torch.arange(sl.start, sl.stop, device=x.device)
+        b = B[idx // n_steps]
+        a = alphas[idx % n_steps].to(x.dtype)[:, None, None]
+        return b + a * (x - b)
+
+    def per_point(sl: slice, g: torch.Tensor) -> None:
+        idx = torch.arange(sl.start, sl.stop, device=x.device)
+        diff = (x - B[idx // n_steps]).double()
+        acc.add_(einsum(g.double(), diff, w[sl], "r b p d, b p d, b -> r p d"))
+
+    grad_map(ctx, nb * n_steps, make, per_point)
+    ends = ctx.values(torch.cat([x[None], B]))  # f(x) and f(baselines) in one batched pass
+    return _IGRun(acc, False, ends[0], ends[1:].mean(0), {"n_forward_points": nb * n_steps})
+
+
+def _check_ig_options(n_steps: int, rule: str, tol: Any, max_steps: Any, reduce: str) -> tuple[float, int | None]:
+    check_positive_int("n_steps", n_steps)
+    check_reduce(reduce)
+    adaptive = rule == "adaptive"
+    if not adaptive and (max_steps is not None or tol is not None):
+        raise MethodError("tol and max_steps apply to rule='adaptive' only; use n_steps for fixed rules.")
+    tol = 0.01 if tol is None else tol
+    if isinstance(tol, bool) or not (isinstance(tol, (int, float)) and tol > 0):
+        raise MethodError(f"tol must be a number > 0, got {tol!r}.")
+    if adaptive:
+        max_steps = 8 * n_steps if max_steps is None else check_positive_int("max_steps", max_steps)
+        if max_steps < n_steps + 1:
+            raise MethodError(f"max_steps ({max_steps}) must be at least n_steps + 1 ({n_steps + 1}).")
+    return float(tol), max_steps
+
+
 @register(
     "integrated_gradients",
     aliases=("ig",),
@@ -204,77 +284,27 @@ def integrated_gradients(
     n_steps) are spent; the fixed rules (``"gausslegendre"``, ``"riemann_*"``) use exactly
     ``n_steps`` points. ``baseline="auto"`` is the zero embedding unless that is a degenerate
     point of the model (see :func:`mechattr.baselines.auto_baseline`)."""
-    check_positive_int("n_steps", n_steps)
-    check_reduce(reduce)
     adaptive = rule == "adaptive"
-    if not adaptive and (max_steps is not None or tol is not None):
-        raise MethodError("tol and max_steps apply to rule='adaptive' only; use n_steps for fixed rules.")
-    tol = 0.01 if tol is None else tol
-    if isinstance(tol, bool) or not (isinstance(tol, (int, float)) and tol > 0):
-        raise MethodError(f"tol must be a number > 0, got {tol!r}.")
-    if adaptive:
-        max_steps = 8 * n_steps if max_steps is None else check_positive_int("max_steps", max_steps)
-        if max_steps < n_steps + 1:
-            raise MethodError(f"max_steps ({max_steps}) must be at least n_steps + 1 ({n_steps + 1}).")
+    tol_used, max_used = _check_ig_options(n_steps, rule, tol, max_steps, reduce)
     x = ctx.input_embed()[0]
     used = auto_baseline(ctx) if isinstance(baseline, str) and baseline == "auto" else baseline
     B = build_baselines(ctx, used)  # [nb, pos, d]
-    nb, rows = B.shape[0], ctx.plan.n_rows
-    extra: dict[str, Any] = {}
     if adaptive:
-        runs = [
-            _adaptive_path(ctx, x, B[i], n_steps=n_steps, max_points=max_steps, tol=float(tol),
-                           keep_dims=reduce != "sum")
-            for i in range(nb)
-        ]
-        # With reduce="sum" the maps are already summed over d_model ([rows, pos]).
-        acc = sum(p for p, _ in runs) / nb
-        extra = {
-            "n_forward_points": sum(d["n_forward_points"] for _, d in runs),
-            "rounds": max(d["rounds"] for _, d in runs),
-            "converged": all(d["converged"] for _, d in runs),
-            "smallest_interval": min(d["smallest_interval"] for _, d in runs),
-            "error_bound": max(d["error_bound"] for _, d in runs),
-            "alphas": [d["alphas"] for _, d in runs],
-            "history": [d["history"] for _, d in runs],
-        }
+        assert max_used is not None
+        run = ig_adaptive(ctx, x, B, n_steps=n_steps, max_steps=max_used, tol=tol_used, reduce=reduce)
     else:
-        alphas, weights = rule_points(n_steps, rule)
-        alphas = alphas.to(x.device)
-        # Point i is baseline i // n_steps at step i % n_steps; its weight folds in 1/nb.
-        w = (repeat(weights, "s -> (b s)", b=nb) / nb).to(x.device)
-        acc = torch.zeros(rows, *x.shape, dtype=torch.float64, device=x.device)
-
-        def make(sl: slice) -> torch.Tensor:
-            idx = torch.arange(sl.start, sl.stop, device=x.device)
-            b = B[idx // n_steps]
-            a = alphas[idx % n_steps].to(x.dtype)[:, None, None]
-            return b + a * (x - b)
-
-        def per_point(sl: slice, g: torch.Tensor) -> None:
-            idx = torch.arange(sl.start, sl.stop, device=x.device)
-            diff = (x - B[idx // n_steps]).double()
-            acc.add_(einsum(g.double(), diff, w[sl], "r b p d, b p d, b -> r p d"))
-
-        grad_map(ctx, nb * n_steps, make, per_point)
-        extra = {"n_forward_points": nb * n_steps}
-    per_token = acc if adaptive and reduce == "sum" else reduce_hidden(acc, reduce)
+        run = ig_fixed(ctx, x, B, n_steps=n_steps, rule=rule)
+    per_token = run.acc if run.summed else reduce_hidden(run.acc, reduce)
     scores = mask_fixed(ctx, per_token).to(x.dtype)
-    attr_sum = acc.sum(-1) if adaptive and reduce == "sum" else acc.sum(dim=(-1, -2))
-    if adaptive:  # the adaptive grid holds alpha = 1 and 0 already
-        f_x = runs[0][1]["f_ends"][0].to(x.dtype)
-        f_b = torch.stack([d["f_ends"][1] for _, d in runs]).mean(0).to(x.dtype)
-    else:
-        ends = ctx.values(torch.cat([x[None], B]))  # f(x) and f(baselines) in one batched pass
-        f_x, f_b = ends[0], ends[1:].mean(0)
-    diag = completeness(attr_sum, f_x, f_b)
-    diag.update(extra)
+    attr_sum = run.acc.sum(-1) if run.summed else run.acc.sum(dim=(-1, -2))
+    diag = completeness(attr_sum, run.f_x, run.f_b)
+    diag.update(run.extra)
     diag["batch_size"] = ctx.max_batch()
     params = {"n_steps": n_steps, "rule": rule, "baseline": describe(used), "reduce": reduce}
     if used is not baseline:
         params["baseline_requested"] = "auto"
     if adaptive:
-        params.update(tol=float(tol), max_steps=max_steps)
+        params.update(tol=tol_used, max_steps=max_used)
     return MethodOutput(scores, params=params, diagnostics=diag)
 
 

@@ -22,8 +22,8 @@ from torch import Tensor
 
 from ..baselines import NAMED_BASELINES, build_baselines, describe
 from ..errors import HookError, MethodError
-from ..registry import MethodOutput, register
-from ._common import Context, check_reduce, mask_fixed, reduce_hidden
+from ..contract import Context, MethodOutput, register
+from ._common import check_reduce, mask_fixed, reduce_hidden
 from .lrp_rules import RuleHooks, RuleSet, rule_set
 
 FAMILY = "rule-based"
@@ -52,7 +52,8 @@ def relevance_pass(
 ) -> RelevancePass:
     """Forward ``embed`` (the token embedding, batch) under the rule hooks and take the modified
     gradient of every target row at the embedding and at the ``taps`` hooks."""
-    from ..linking.heads import Taps, evaluate_hooked
+    from ..targets import evaluate_hooked
+    from ..tl.hooks import Taps
 
     rh = RuleHooks(adapter, rules)
     tp = Taps(list(taps))

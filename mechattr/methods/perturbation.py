@@ -28,8 +28,8 @@ from torch import Tensor
 from ..errors import MethodError
 from ..perturb import Features, Replacement, make_features, perturbed_values, resolve_replacement
 from ..progress import progress
-from ..registry import MethodOutput, register
-from ._common import Context, check_positive_int, completeness
+from ..contract import Context, MethodOutput, register
+from ._common import check_positive_int, completeness
 
 DISTANCES = ("cosine", "hamming")
 

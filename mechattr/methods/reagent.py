@@ -44,8 +44,8 @@ from ..tl.adapter import as_adapter
 from ..errors import MethodError
 from ..perturb import next_token_probs, sample_tokens
 from ..progress import bar
-from ..registry import MethodOutput, register
-from ._common import Context, check_positive_int
+from ..contract import Context, MethodOutput, register
+from ._common import check_positive_int
 
 
 def _replacer_probs(ctx: Context, replacer_model: Any) -> tuple[Tensor, str]:

@@ -39,8 +39,9 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from ..errors import MethodError
-from ..registry import MethodOutput, register
-from ._common import Context, mask_fixed
+from ..contract import Context, MethodOutput, register
+from ..tl.hooks import Recorder
+from ._common import mask_fixed
 
 MEASURES = ("cosine", "target")
 AGGREGATES = ("rollout", "layer")
@@ -64,18 +65,11 @@ def zero_values_hook(keep: Bool[Tensor, "batch pos"]) -> Callable[[Tensor, Any],
 
 def _original_resid(ctx: Context) -> Float[Tensor, "layer pos d_model"]:
     a = ctx.adapter
-    box: dict[int, Tensor] = {}
-
-    def grab(layer: int) -> Callable[[Tensor, Any], None]:
-        def hook(x: Tensor, hook: Any) -> None:
-            box[layer] = x[0].detach().clone()
-
-        return hook
-
-    hooks = [(f"blocks.{l}.hook_resid_post", grab(l)) for l in range(a.n_layers)]
+    rec = Recorder(detach=True, clone=True)
+    hooks = [rec.hook(a.resid_post(l), key=l) for l in range(a.n_layers)]
     with torch.no_grad():
         a.run_until(ctx.tokens, a.final_resid_hook, fwd_hooks=hooks)
-    return torch.stack([box[l] for l in range(a.n_layers)])
+    return torch.stack([rec[l][0] for l in range(a.n_layers)])
 
 
 def row_normalize(m: Float[Tensor, "... dst src"]) -> Float[Tensor, "... dst src"]:
@@ -143,14 +137,14 @@ def value_zeroing(
         f_x = ctx.values()[0]
     with torch.no_grad():
         for layer in range(L):
-            v_hook = f"blocks.{layer}.attn.hook_v"
+            v_hook = a.attn_v(layer)
             for sl in ctx.batches(int(src.numel()), with_grad=False):
                 js = src[sl]
                 keep = ~eye[js]  # sequence i zeroes source js[i]
                 toks = ctx.tokens.expand(js.numel(), -1)
                 hooks = [(v_hook, zero_values_hook(keep))]
                 if measure == "cosine":
-                    resid = a.run_until(toks, f"blocks.{layer}.hook_resid_post", fwd_hooks=hooks)
+                    resid = a.run_until(toks, a.resid_post(layer), fwd_hooks=hooks)
                     cos = F.cosine_similarity(resid.double(), orig[layer][None].double(), dim=-1)  # [n, pos]
                     full[layer, :, js.cpu()] = rearrange(1.0 - cos, "n dst -> dst n").cpu()
                 else:

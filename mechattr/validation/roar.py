@@ -165,9 +165,9 @@ def cached_accuracy(task: Any, tc: Any, train: tuple, test: tuple, cache: bool =
             pass  # a damaged cache entry is recomputed
     acc = train_and_score(task, tc, train, test)
     if cache:
-        from ..attribution import _atomic_write
+        from .._io import atomic_write
 
-        _atomic_write(path, json.dumps({"accuracy": acc, "task": task.name, "cfg": asdict(tc)}).encode())
+        atomic_write(path, json.dumps({"accuracy": acc, "task": task.name, "cfg": asdict(tc)}).encode())
     return acc, False
 
 

@@ -20,7 +20,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ..errors import InputError, ModelError
-from ..tl.loading import _from_local_dir, _name, builtin
+from ..tl.loading import builtin, from_local_dir, set_model_name, unknown_name_hint
 from .tasks import TASKS, Example, Task, get_task, token_positions
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -55,13 +55,13 @@ def zoo_models() -> list[str]:
 
 def _loader(dirname: str):
     def load(kind: str, device: str, dtype: torch.dtype) -> Any:
-        model = _from_local_dir(model_dir(dirname), kind, device, dtype)
+        model = from_local_dir(model_dir(dirname), kind, device, dtype)
         # The zoo models were trained with BOS at position 0.
         try:
             model.cfg.default_prepend_bos = True
         except Exception:  # pragma: no cover
             pass
-        _name(model, f"zoo:{dirname}")
+        set_model_name(model, f"zoo:{dirname}")
         return model
 
     return load
@@ -75,6 +75,13 @@ for _task in shipped_tasks():
         f"zoo:{_task}-random",
         f"randomized-label twin of zoo:{_task} (same architecture, shuffled answers)",
     )(_loader(f"{_task}-random"))
+
+
+@unknown_name_hint("zoo:")
+def _explain_unknown(name: str) -> None:
+    """A zoo task that is known but not shipped: the zoo says how to train it."""
+    if name[4:].removesuffix("-random") in TASKS:
+        model_dir(name)  # raises the zoo's own message
 
 
 # ----- probes and SAEs ------------------------------------------------------------------------

@@ -258,7 +258,7 @@ def train(
 
 
 # ----- probes and SAEs ------------------------------------------------------------------------
-def capture(model: Any, task: Task, examples: Sequence[Example], hook: str) -> tuple[Tensor, Tensor]:
+def hf_residual(model: Any, task: Task, examples: Sequence[Example], hook: str) -> tuple[Tensor, Tensor]:
     """Residual stream at ``blocks.L.hook_resid_pre`` / ``blocks.L.hook_resid_post`` of the HF
     model (all positions [n, pos, d]) and the last-token index per example."""
     layer = int(hook.split(".")[1])
@@ -302,7 +302,7 @@ def train_probe(model: Any, task: Task, seed: int = 0) -> tuple[dict[str, Tensor
     """Multinomial logistic regression on the last token's residual stream at ``PROBE_HOOK``."""
     train_ex = task.examples(3000, seed=20_000 + seed)
     test_ex = task.examples(1000, seed=30_000 + seed)
-    X, last = capture(model, task, train_ex, PROBE_HOOK)
+    X, last = hf_residual(model, task, train_ex, PROBE_HOOK)
     x = X[torch.arange(len(train_ex)), last]
     y, classes = probe_labels(task, train_ex)
     with torch.random.fork_rng():
@@ -315,7 +315,7 @@ def train_probe(model: Any, task: Task, seed: int = 0) -> tuple[dict[str, Tensor
             opt.zero_grad()
             loss.backward()
             opt.step()
-    Xt, lt = capture(model, task, test_ex, PROBE_HOOK)
+    Xt, lt = hf_residual(model, task, test_ex, PROBE_HOOK)
     yt, _ = probe_labels(task, test_ex)
     acc = float(((Xt[torch.arange(len(test_ex)), lt] @ W + b).argmax(-1) == yt).float().mean())
     meta = {"hook": PROBE_HOOK, "position": "last", "classes": classes, "heldout_accuracy": acc, "task": task.name}
@@ -328,7 +328,7 @@ def train_sae(
     """A ReLU SAE f = relu((x - b_dec) W_enc + b_enc), x_hat = f W_dec + b_dec, trained with
     MSE + l1 * sum|f| and unit-norm decoder rows (Bricken et al. 2023) on every non-pad position."""
     exs = task.examples(4000, seed=40_000 + seed)
-    X, last = capture(model, task, exs, SAE_HOOK)
+    X, last = hf_residual(model, task, exs, SAE_HOOK)
     keep = torch.arange(X.shape[1])[None, :] <= last[:, None]
     acts = X[keep]
     test = acts[-2000:]
