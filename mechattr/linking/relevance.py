@@ -27,6 +27,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ..attribution import Attribution
+from ..tl import hooks as hk
 from ..errors import InputError
 from ..methods.lrp import relevance_pass
 from ..methods.lrp_rules import rule_set
@@ -117,9 +118,9 @@ def lrp_relevance(
     rs = rule_set(rules, **rule_params)
     adapter, plan, _ = resolve(model, text, target, contrast=contrast, kind=kind)
     L = adapter.n_layers
-    resid = [f"blocks.{l}.hook_resid_pre" for l in range(L)] + [adapter.final_resid_hook]
-    z = [f"blocks.{l}.attn.hook_z" for l in range(L)]
-    mlp = [f"blocks.{l}.hook_mlp_out" for l in range(L)]
+    resid = [hk.resid_pre(l) for l in range(L)] + [adapter.final_resid_hook]
+    z = [hk.attn_z(l) for l in range(L)]
+    mlp = [hk.mlp_out(l) for l in range(L)]
     taps = resid + z + [n for n in mlp if adapter.has_hook(n)]
     hook = None
     if sae is not None:

@@ -21,6 +21,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ..baselines import NAMED_BASELINES, build_baselines, describe
+from ..tl import hooks as hk
 from ..errors import HookError, MethodError
 from ..contract import Context, MethodOutput, register
 from ._common import check_reduce, mask_fixed, reduce_hidden
@@ -124,7 +125,7 @@ def run_rules(ctx: Context, rules: RuleSet, *, layers: bool, baseline: Any, redu
     if not isinstance(layers, bool):
         raise MethodError(f"layers must be True or False, got {layers!r}.")
     L = a.n_layers
-    resid = [f"blocks.{l}.hook_resid_pre" for l in range(L)] + [a.final_resid_hook]
+    resid = [hk.resid_pre(l) for l in range(L)] + [a.final_resid_hook]
     x = ctx.input_embed()
     rp = relevance_pass(a, ctx.plan, ctx.tokens, x, rules, taps=resid)
     b = _baseline(ctx, baseline)

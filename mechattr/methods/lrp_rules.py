@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..tl import hooks as hk
 from ..errors import MethodError
 from ..tl.adapter import ModelAdapter
 
@@ -173,23 +174,23 @@ class RuleHooks:
             return out
         if r.freeze_norm and _cfg(a, "normalization_type") is not None:
             for l in range(L):
-                out.append(f"blocks.{l}.ln1.hook_scale")
+                out.append(hk.ln_scale(l, 1))
                 if not _cfg(a, "attn_only", False) and not _cfg(a, "parallel_attn_mlp", False):
-                    out.append(f"blocks.{l}.ln2.hook_scale")
+                    out.append(hk.ln_scale(l, 2))
             out.append("ln_final.hook_scale")
         if r.act_identity and not _cfg(a, "attn_only", False):
-            out += [f"blocks.{l}.mlp.hook_{k}" for l in range(L) for k in ("pre", "post")]
+            out += [hk.mlp_hook(l, k) for l in range(L) for k in ("pre", "post")]
         for l in range(L):
             if r.q_scale != 1.0:
-                out.append(f"blocks.{l}.attn.hook_q")
+                out.append(hk.attn_hook(l, "q"))
             if r.k_scale != 1.0:
-                out.append(f"blocks.{l}.attn.hook_k")
+                out.append(hk.attn_hook(l, "k"))
             if r.v_scale != 1.0:
-                out.append(f"blocks.{l}.attn.hook_v")
+                out.append(hk.attn_hook(l, "v"))
             if r.pattern != "grad":
-                out.append(f"blocks.{l}.attn.hook_pattern")
+                out.append(hk.attn_hook(l, "pattern"))
             if r.pattern == "temperature":
-                out.append(f"blocks.{l}.attn.hook_attn_scores")
+                out.append(hk.attn_hook(l, "attn_scores"))
         return out
 
     def hooks(self) -> list[tuple[str, Callable]]:
@@ -209,20 +210,20 @@ class RuleHooks:
         for l in range(L):
             if r.act_identity and not _cfg(a, "attn_only", False):
                 hooks += [
-                    (f"blocks.{l}.mlp.hook_pre", self._keep(l, "pre")),
-                    (f"blocks.{l}.mlp.hook_post", self._mlp_post(l)),
+                    (hk.mlp_hook(l, "pre"), self._keep(l, "pre")),
+                    (hk.mlp_hook(l, "post"), self._mlp_post(l)),
                 ]
                 if self._has_linear is None:
                     self._has_linear = bool(_cfg(a, "gated_mlp", False)) or a.has_hook("blocks.0.mlp.hook_pre_linear")
                 if self._has_linear:
-                    hooks.append((f"blocks.{l}.mlp.hook_pre_linear", self._keep(l, "pre_linear")))
+                    hooks.append((hk.mlp_hook(l, "pre_linear"), self._keep(l, "pre_linear")))
             for kind, s in (("q", r.q_scale), ("k", r.k_scale), ("v", r.v_scale)):
                 if s != 1.0:
-                    hooks.append((f"blocks.{l}.attn.hook_{kind}", self._scale(f"blocks.{l}.attn.hook_{kind}", s)))
+                    hooks.append((hk.attn_hook(l, kind), self._scale(hk.attn_hook(l, kind), s)))
             if r.pattern == "temperature":
-                hooks.append((f"blocks.{l}.attn.hook_attn_scores", self._keep(l, "scores")))
+                hooks.append((hk.attn_hook(l, "attn_scores"), self._keep(l, "scores")))
             if r.pattern != "grad":
-                hooks.append((f"blocks.{l}.attn.hook_pattern", self._pattern(l)))
+                hooks.append((hk.attn_hook(l, "pattern"), self._pattern(l)))
         return hooks
 
     def check(self, until: str | None = None) -> None:
@@ -256,8 +257,8 @@ class RuleHooks:
         return fn
 
     def _keep(self, layer: int, what: str) -> Callable:
-        name = {"pre": f"blocks.{layer}.mlp.hook_pre", "pre_linear": f"blocks.{layer}.mlp.hook_pre_linear",
-                "scores": f"blocks.{layer}.attn.hook_attn_scores"}[what]
+        name = {"pre": hk.mlp_hook(layer, "pre"), "pre_linear": hk.mlp_hook(layer, "pre_linear"),
+                "scores": hk.attn_hook(layer, "attn_scores")}[what]
 
         def fn(x: Tensor, hook: Any) -> Tensor:
             self.fired.add(name)
@@ -274,7 +275,7 @@ class RuleHooks:
         return fn
 
     def _mlp_post(self, layer: int) -> Callable:
-        name = f"blocks.{layer}.mlp.hook_post"
+        name = hk.mlp_hook(layer, "post")
         act_name = _cfg(self.adapter, "act_fn")
 
         def fn(post: Tensor, hook: Any) -> Tensor:
@@ -310,7 +311,7 @@ class RuleHooks:
         return fn
 
     def _pattern(self, layer: int) -> Callable:
-        name = f"blocks.{layer}.attn.hook_pattern"
+        name = hk.attn_hook(layer, "pattern")
         r = self.rules
 
         def fn(A: Tensor, hook: Any) -> Tensor:

@@ -60,6 +60,16 @@ def ln_scale(layer: int, which: int) -> str:
     return f"blocks.{layer}.ln{which}.hook_scale"
 
 
+def attn_hook(layer: int, kind: str) -> str:
+    """``blocks.{layer}.attn.hook_{kind}`` (``q``, ``k``, ``v``, ``z``, ``pattern``, ``attn_scores``)."""
+    return f"blocks.{layer}.attn.hook_{kind}"
+
+
+def mlp_hook(layer: int, kind: str) -> str:
+    """``blocks.{layer}.mlp.hook_{kind}`` (``pre``, ``post``, ``pre_linear`` for gated MLPs)."""
+    return f"blocks.{layer}.mlp.hook_{kind}"
+
+
 def replace_embed(embed: Tensor) -> Hook:
     """A hook that hands the forward ``embed`` instead of the token embedding."""
     return (EMBED, lambda x, hook: embed)
