@@ -81,6 +81,8 @@ def _run_kwargs(args: argparse.Namespace) -> dict:
 def cmd_attribute(args: argparse.Namespace) -> int:
     import mechattr as ma
 
+    if args.baselines is not None:
+        return _cmd_baselines(args)
     model = ma.load_model(args.model, kind=args.kind_model, device=args.device)
     res = ma.attribute(
         model,
@@ -101,6 +103,35 @@ def cmd_attribute(args: argparse.Namespace) -> int:
     if args.json != "-" and not args.quiet:
         _print_table(res, sys.stdout)
         for label, path in (("html", args.html), ("saved", args.save), ("json", args.json)):
+            if path:
+                print(f"{label}: {path}")
+    return EXIT_OK
+
+
+def _cmd_baselines(args: argparse.Namespace) -> int:
+    """``attribute --baselines zero,pad,mean``: the baseline sensitivity table of the method."""
+    import mechattr as ma
+    from .errors import InputError
+    from .sensitivity import parse_baselines
+
+    if args.save:
+        raise InputError("--save stores one attribution; with --baselines use --json or --html.")
+    if args.continuation is not None or args.generate is not None:
+        raise InputError("--baselines explains one next token: use --target/--contrast, not --continuation/--generate.")
+    baselines = parse_baselines(args.baselines)
+    model = ma.load_model(args.model, kind=args.kind_model, device=args.device)
+    sens = ma.baseline_sensitivity(model, args.text, args.target, method=args.method, baselines=baselines,
+                                   **_run_kwargs(args))
+    if args.html:
+        sens.to_html(args.html)
+    if args.json:
+        if args.json == "-":
+            print(sens.to_json())
+        else:
+            sens.to_json(args.json)
+    if args.json != "-" and not args.quiet:
+        print(sens.to_text())
+        for label, path in (("html", args.html), ("json", args.json)):
             if path:
                 print(f"{label}: {path}")
     return EXIT_OK
@@ -300,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--kind", default=None, help="log_prob (default), prob, logit; for contrasts logit_diff, log_prob_diff, prob_diff")
     a.add_argument("--position", type=int, default=None, help="prompt position whose prediction is explained (default: last)")
     a.add_argument("--param", "-p", action="append", default=[], metavar="KEY=VALUE", help="a method parameter, repeatable: -p n_steps=64 -p baseline=pad")
+    a.add_argument("--baselines", default=None, metavar="LIST", help="compare the method under several baselines instead: comma-separated names (zero, pad, eos, unk, mean, uniform, gaussian) and optionally a last item 'prompt:TEXT' (a counterfactual prompt of the same token length); prints the sensitivity table, --html/--json write it")
     a.add_argument("--seed", type=int, default=0, help="seed for stochastic methods (default 0)")
     a.add_argument("--memory-mb", type=float, default=2048.0, help="activation memory cap per batch in MiB (default 2048)")
     a.add_argument("--batch-size", type=int, default=None, help="sequences per forward pass (overrides --memory-mb)")

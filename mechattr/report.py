@@ -142,6 +142,8 @@ def report(
     seed: int = 0,
     quiet: bool = True,
     validation_options: dict[str, Any] | None = None,
+    baselines: Sequence[Any] | None = None,
+    baseline_params: dict[str, Any] | None = None,
     **options: Any,
 ) -> str:
     """Attribute ``model``'s output on ``text`` with several methods and write one offline HTML page.
@@ -162,6 +164,9 @@ def report(
         seed: for stochastic methods and validation.
         quiet: no progress output.
         validation_options: extra options for :func:`mechattr.validate` (``ks``, ``n_random``...).
+        baselines: also add a baseline-sensitivity section (:func:`mechattr.baseline_sensitivity`
+            of integrated gradients under these baselines, e.g. ``["zero", "pad", "mean"]``).
+        baseline_params: parameters for that run (``method``, ``n_steps``, ``rule``, ``top_k``...).
         **options: target and batching options shared by all methods (``contrast``, ``kind``,
             ``position``, ``prepend_bos``, ``attribute_bos``, ``memory_mb``, ``batch_size``).
 
@@ -243,6 +248,17 @@ def report(
                                             validation_options or {}, figures, results)
         sections.extend(vhtml)
 
+    sens_meta: dict[str, Any] | None = None
+    if baselines is not None:
+        from .sensitivity import baseline_sensitivity
+
+        bp = dict(baseline_params or {})
+        sens = baseline_sensitivity(model, text, target, baselines=baselines, seed=seed, quiet=quiet,
+                                    **options, **bp)
+        sections.extend(sens.sections())
+        sens_meta = {"method": sens.method, "params": sens.params, "baselines": [r.label for r in sens.rows],
+                     "stable": sens.verdict["stable"]}
+
     from .tl.adapter import tl_version
 
     run = {
@@ -257,6 +273,8 @@ def report(
     }
     if vmeta is not None:
         run["validation"] = vmeta
+    if sens_meta is not None:
+        run["baseline sensitivity"] = sens_meta
     sections.append(("Run parameters", _kv(run), []))
 
     out = _with_csp(page(title or f"mechattr report — {text!r}", sections))
