@@ -281,7 +281,7 @@ def run_permutation(vc: VContext) -> CheckResult:
             perms = causal_permutations(n_perm, a.n_heads, P, g)
             d = permutation_tvd(a, item.plan.tokens, positions, l, perms)
             per[l] += d.tolist()
-            res.add(None, "median_tvd", float(d.median()), layer=l, prompt=item.index)
+            res.add(None, "median_tvd", statistics.median(d.tolist()), layer=l, prompt=item.index)
     table = []
     for l in layers:
         med, mx = statistics.median(per[l]), max(per[l])
