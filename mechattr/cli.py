@@ -370,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--prompts", default=None, help="a file with one prompt per line, or a JSON list of strings")
     v.add_argument("--target", "-t", default=None, help="the next token to explain (default: the model's own prediction)")
     v.add_argument("--methods", default="integrated_gradients,input_x_gradient,saliency", help="comma-separated methods to check")
-    v.add_argument("--checks", default="all", help="'all' or comma-separated: randomization, data_randomization, completeness, perturbation, agreement, ablation, roar, ground_truth")
+    v.add_argument("--checks", default="all", help="'all' or comma-separated: randomization, data_randomization, completeness, perturbation, agreement, ablation, roar, ground_truth; and (only when named) attention_correlation, attention_permutation, attention_adversarial")
     v.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE", help="a validate() option, repeatable: -o threshold=0.4 -o replacement='delete'")
     v.add_argument("--seed", type=int, default=0, help="seed for every random choice (default 0)")
     v.add_argument("--kind-model", default="auto", choices=["auto", "bridge", "hooked"], help="TransformerBridge or HookedTransformer (TL 3 only)")

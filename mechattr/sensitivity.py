@@ -245,6 +245,28 @@ class BaselineSensitivity:
         lines.append(self.verdict_text())
         return "\n".join(lines)
 
+    def to_markdown(self) -> str:
+        """The sensitivity table, the Spearman matrix and the verdict as markdown."""
+        k = self.verdict["top_k"]
+        esc = lambda x: str(x).replace("|", "\\|")  # noqa: E731
+        out = [f"| baseline | f(b) | completeness error | relative | mean Spearman | top-{k} by abs(score) | note |",
+               "|---|---|---|---|---|---|---|"]
+        for r in self.summary_rows():
+            if r["status"] != "ok":
+                out.append(f"| {esc(r['baseline'])} | {esc(r['status'])} | | | | | |")
+                continue
+            out.append(
+                f"| {esc(r['baseline'])} | {r['f(b)']:.4g} | {r['completeness_error']:.3g} | "
+                f"{r['completeness_rel']:.1%} | {r['mean spearman']:.2f} | {esc(r[f'top-{k}'])} | {esc(r['note'])} |"
+            )
+        out += ["", "Spearman between baselines:", "", "| | " + " | ".join(map(esc, self.labels)) + " |",
+                "|---|" + "---|" * len(self.labels)]
+        for i, a in enumerate(self.labels):
+            out.append(f"| {esc(a)} | " + " | ".join(f"{float(self.matrices['spearman'][i, j]):.2f}"
+                                                      for j in range(len(self.labels))) + " |")
+        out += ["", f"**{esc(self.verdict_text())}**"]
+        return "\n".join(out)
+
     def __str__(self) -> str:
         return self.to_text()
 
