@@ -18,9 +18,13 @@ from mechattr.zoo import TASKS  # noqa: E402
 OUT = ROOT / "docs" / "validation-attention.md"
 CHECKS = ["attention_correlation", "attention_permutation", "attention_adversarial"]
 ZOO_OPTS = dict(n_permutations=20, adversarial_steps=60, adversarial_epsilon=0.01)
-SMOL_LAYERS = [0, 4, 9, 14, 19, 24, 29]
+SMOL_LAYERS = [0, 7, 14, 21, 29]
 SMOL_OPTS = dict(n_permutations=10, adversarial_steps=30, adversarial_epsilon=0.01, attention_layers=SMOL_LAYERS)
 SMOL_PROMPTS = ["The capital of France is", "The key to the cabinets", "When Mary and John went to the store, John gave a drink to"]
+
+
+def readings(rep: ma.ValidationReport) -> str:
+    return "\n".join(f"- *{c}*: {rep.checks[c].data['reading']}" for c in CHECKS)
 
 
 def table(rep: ma.ValidationReport) -> str:
@@ -49,14 +53,14 @@ def main() -> None:
         t0 = time.perf_counter()
         rep = ma.validate(model, prompts, methods=["saliency", "integrated_gradients"], checks=CHECKS, quiet=True,
                           seed=0, **ZOO_OPTS)
-        parts.append(f"### zoo:{task} ({len(prompts)} prompts, {time.perf_counter() - t0:.0f} s)\n\n{table(rep)}\n")
+        parts.append(f"### zoo:{task} ({len(prompts)} prompts, {time.perf_counter() - t0:.0f} s)\n\n{table(rep)}\n\n{readings(rep)}\n")
         print(task, time.perf_counter() - t0, file=sys.stderr)
     model = ma.load_model("smollm2-135m")
     t0 = time.perf_counter()
     rep = ma.validate(model, SMOL_PROMPTS, methods=["saliency", "input_x_gradient"], checks=CHECKS, quiet=True,
                       seed=0, **SMOL_OPTS)
     parts.append(f"### smollm2-135m ({len(SMOL_PROMPTS)} prompts, layers {SMOL_LAYERS}, "
-                 f"{time.perf_counter() - t0:.0f} s)\n\n{table(rep)}\n")
+                 f"{time.perf_counter() - t0:.0f} s)\n\n{table(rep)}\n\n{readings(rep)}\n")
     print("smollm2", time.perf_counter() - t0, file=sys.stderr)
     total = time.perf_counter() - total
     head = f"""# Is attention an explanation? (Jain & Wallace 2019)
