@@ -487,8 +487,8 @@ def baseline_sensitivity(
     Args:
         model: a loaded TransformerLens model (never modified).
         text: the prompt (one string or a 1-D tensor of token ids).
-        target, contrast, kind, position, prepend_bos, attribute_bos, memory_mb, batch_size, seed:
-            as for :func:`mechattr.attribute`.
+        target: what to explain, as for :func:`mechattr.attribute` (``None``: the greedy next token).
+        contrast: a foil token (target vs foil), as for :func:`mechattr.attribute`.
         method: any registered method with a ``baseline`` parameter (``ig``, ``gradient_shap``,
             ``discretized_integrated_gradients`` ...).
         baselines: names (``zero``, ``pad``, ``eos``, ``bos``, ``unk``, ``mask``, ``mean``,
@@ -499,6 +499,13 @@ def baseline_sensitivity(
         top_k: size of the top sets (by |score|) for the overlap and the verdict.
         threshold: the smallest pairwise Spearman for the verdict ``stable``.
         row: the target row compared (a forced continuation has several).
+        kind: the target's kind, as for :func:`mechattr.attribute`.
+        position: the prompt position whose prediction is explained (default: the last).
+        prepend_bos: override the model's BOS policy.
+        attribute_bos: also attribute the BOS token (by default it is held fixed).
+        memory_mb: activation memory cap per batch.
+        batch_size: sequences per forward pass (overrides ``memory_mb``).
+        seed: seeds the ``uniform`` and ``gaussian`` baselines and stochastic methods.
         quiet: no progress bars.
         **method_params: the method's own parameters (``n_steps``, ``rule``, ``reduce``...).
     """
