@@ -45,21 +45,29 @@ def sens(tiny_model: Any) -> Any:
         )
 
 
-def test_each_baseline_tensor_is_what_its_name_says(tiny_model: Any, sens: Any) -> None:
-    ids = sens.attributions["zero"].token_ids
-    x = _embed(tiny_model, ids)
-    W_E = tiny_model.W_E.detach()
-    tok = tiny_model.tokenizer
-    expected = {
+def _expected(model: Any, ids: list[int]) -> dict[str, torch.Tensor]:
+    """The deterministic baselines, built here from W_E; the BOS position keeps the input."""
+    x = _embed(model, ids)
+    W_E = model.W_E.detach()
+    tok = model.tokenizer
+    out = {
         "zero": torch.zeros_like(x),
         "pad": W_E[tok.pad_token_id].expand_as(x).clone(),
         "mean": W_E.mean(0).expand_as(x).clone(),
-        "prompt:" + CF: _embed(tiny_model, [tok.bos_token_id] + tok(CF, add_special_tokens=False)["input_ids"]),
+        "prompt:" + CF: _embed(model, [tok.bos_token_id] + tok(CF, add_special_tokens=False)["input_ids"]),
     }
+    for e in out.values():
+        e[0] = x[0]
+    return out
+
+
+def test_each_baseline_tensor_is_what_its_name_says(tiny_model: Any, sens: Any) -> None:
+    ids = sens.attributions["zero"].token_ids
+    W_E = tiny_model.W_E.detach()
+    expected = _expected(tiny_model, ids)
     # The mean of a random W_E is small but not zero: a mean baseline built as zeros must fail.
     assert float(W_E.mean(0).abs().max()) > 1e-5
     for name, e in expected.items():
-        e[0] = x[0]  # the BOS position is held fixed at the input
         got = dict((r.label, r.embedding) for r in sens.rows)[name]
         torch.testing.assert_close(got, e, atol=1e-7, rtol=0, msg=name)
     emb = {r.label: r.embedding for r in sens.rows if r.ok}
@@ -87,12 +95,14 @@ def test_completeness_against_f_of_each_baseline(tiny_model: Any, sens: Any) -> 
     """sum of IG scores = f(x) - f(b) with f(b) computed here from the expected baseline tensor:
     an attribution run from any other baseline would miss it."""
     tid = tiny_model.tokenizer(" Paris", add_special_tokens=False)["input_ids"][0]
+    expected = _expected(tiny_model, sens.attributions["zero"].token_ids)
     for r in sens.rows:
         if not r.ok:
             continue
         ids = r.attribution.token_ids
         fx = _f_with_embed(tiny_model, ids, _embed(tiny_model, ids), tid)
-        fb = _f_with_embed(tiny_model, ids, r.embedding, tid)
+        # random baselines (uniform, gaussian) are checked for their distribution above
+        fb = _f_with_embed(tiny_model, ids, expected.get(r.label, r.embedding), tid)
         total = float(r.attribution.token_scores(0).double().sum())
         assert abs(total - (fx - fb)) < 1e-3 + 0.02 * abs(fx - fb), r.label
         assert r.attribution.diagnostics["f_baseline"][0] == pytest.approx(fb, abs=1e-4)
