@@ -25,6 +25,7 @@ from .contract import Context, MethodInfo, MethodOutput, register
 from .registry import get_method, list_methods
 from .validation import ValidationReport, validate
 from .report import report
+from .sensitivity import BaselineSensitivity, baseline_sensitivity
 from . import groundtruth, linking, plots
 from .linking import LinearProbe, SAEFeature, head_attribution, token_feature_map, token_head_map
 from .targets import (
@@ -45,6 +46,8 @@ __all__ = [
     "DatasetRun",
     "validate",
     "report",
+    "baseline_sensitivity",
+    "BaselineSensitivity",
     "plots",
     "linking",
     "groundtruth",

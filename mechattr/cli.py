@@ -75,6 +75,8 @@ def _run_kwargs(args: argparse.Namespace) -> dict:
 def cmd_attribute(args: argparse.Namespace) -> int:
     import mechattr as ma
 
+    if args.baselines is not None:
+        return _cmd_baselines(args)
     model = ma.load_model(args.model, kind=args.kind_model, device=args.device)
     res = ma.attribute(
         model,
@@ -95,6 +97,35 @@ def cmd_attribute(args: argparse.Namespace) -> int:
     if args.json != "-" and not args.quiet:
         _print_table(res, sys.stdout)
         for label, path in (("html", args.html), ("saved", args.save), ("json", args.json)):
+            if path:
+                print(f"{label}: {path}")
+    return EXIT_OK
+
+
+def _cmd_baselines(args: argparse.Namespace) -> int:
+    """``attribute --baselines zero,pad,mean``: the baseline sensitivity table of the method."""
+    import mechattr as ma
+    from .errors import InputError
+    from .sensitivity import parse_baselines
+
+    if args.save:
+        raise InputError("--save stores one attribution; with --baselines use --json or --html.")
+    if args.continuation is not None or args.generate is not None:
+        raise InputError("--baselines explains one next token: use --target/--contrast, not --continuation/--generate.")
+    baselines = parse_baselines(args.baselines)
+    model = ma.load_model(args.model, kind=args.kind_model, device=args.device)
+    sens = ma.baseline_sensitivity(model, args.text, args.target, method=args.method, baselines=baselines,
+                                   **_run_kwargs(args))
+    if args.html:
+        sens.to_html(args.html)
+    if args.json:
+        if args.json == "-":
+            print(sens.to_json())
+        else:
+            sens.to_json(args.json)
+    if args.json != "-" and not args.quiet:
+        print(sens.to_text())
+        for label, path in (("html", args.html), ("json", args.json)):
             if path:
                 print(f"{label}: {path}")
     return EXIT_OK
@@ -318,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--target", "-t", default=None, help="the next token to explain, e.g. ' Paris' (default: the model's own prediction)")
     a.add_argument("--continuation", default=None, help="force this continuation and attribute each of its tokens")
     a.add_argument("--generate", type=int, default=None, help="greedily generate N tokens and attribute each")
+    a.add_argument("--baselines", default=None, metavar="LIST", help="compare the method under several baselines instead: comma-separated names (zero, pad, eos, unk, mean, uniform, gaussian) and optionally a last item 'prompt:TEXT' (a counterfactual prompt of the same token length); prints the sensitivity table, --html/--json write it")
     a.add_argument("--html", default=None, help="write an offline HTML page here")
     a.add_argument("--json", default=None, help="write the result as JSON here ('-' for stdout)")
     a.add_argument("--save", default=None, help="save the result (safetensors + JSON metadata) here")
@@ -341,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--prompts", default=None, help="a file with one prompt per line, or a JSON list of strings")
     v.add_argument("--target", "-t", default=None, help="the next token to explain (default: the model's own prediction)")
     v.add_argument("--methods", default="integrated_gradients,input_x_gradient,saliency", help="comma-separated methods to check")
-    v.add_argument("--checks", default="all", help="'all' or comma-separated: randomization, data_randomization, completeness, perturbation, agreement, ablation, roar, ground_truth")
+    v.add_argument("--checks", default="all", help="'all' or comma-separated: randomization, data_randomization, completeness, perturbation, agreement, ablation, roar, ground_truth; and (only when named) attention_correlation, attention_permutation, attention_adversarial")
     v.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE", help="a validate() option, repeatable: -o threshold=0.4 -o replacement='delete'")
     v.add_argument("--html", default=None, help="write the offline HTML report here")
     v.add_argument("--json", default=None, help="write the report as JSON here ('-' for stdout)")

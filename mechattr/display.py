@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -210,3 +211,45 @@ def compare(results: Sequence[Any], target: int | str = 0, labels: Sequence[str]
     vals = torch.stack([r.token_scores(target).float() for r in results], dim=-1)
     labels = list(labels) if labels is not None else [r.method for r in results]
     return cvt.colored_tokens_multi(toks, vals, labels)
+
+
+# No fetches of any kind: scripts and styles only inline, images only as data URLs. A report that
+# tried to load something would show a CSP violation in the console instead of leaking a request.
+CSP = (
+    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+    "img-src data:; font-src data:; connect-src 'none'; form-action 'none'; base-uri 'none'"
+)
+
+
+def corr_color(v: float) -> str:
+    if math.isnan(v):
+        return "#eee"
+    # Blue for agreement, red for disagreement, white at 0 (same sense as RdBu).
+    a = min(1.0, abs(v))
+    if v >= 0:
+        r, g, b = int(255 - 160 * a), int(255 - 110 * a), 255
+    else:
+        r, g, b = 255, int(255 - 160 * a), int(255 - 160 * a)
+    return f"rgb({r},{g},{b})"
+
+
+def matrix_table(matrix: torch.Tensor, labels: Sequence[str]) -> str:
+    """A method × method matrix as a coloured HTML table."""
+    head = "<tr><th></th>" + "".join(f"<th>{html.escape(str(b))}</th>" for b in labels) + "</tr>"
+    body = ""
+    for i, a in enumerate(labels):
+        cells = "".join(
+            f'<td style="background:{corr_color(float(matrix[i, j]))}">{_fmt_cell(float(matrix[i, j]))}</td>'
+            for j in range(len(labels))
+        )
+        body += f"<tr><th>{html.escape(str(a))}</th>{cells}</tr>"
+    return f'<table class="agreement">{head}{body}</table>'
+
+
+def _fmt_cell(v: float) -> str:
+    return "nan" if math.isnan(v) else f"{v:.4g}"
+
+
+def with_csp(page_html: str) -> str:
+    meta = f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
+    return page_html.replace('<meta charset="utf-8">', '<meta charset="utf-8">' + meta, 1)

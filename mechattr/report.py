@@ -24,18 +24,12 @@ from typing import Any, Sequence
 
 import torch
 
+from .display import CSP, matrix_table, with_csp
 from .errors import InputError
 from .options import RUN_OPTIONS
 
 DEFAULT_METHODS = ("integrated_gradients", "input_x_gradient", "saliency")
 DEFAULT_CHECKS = ("completeness", "perturbation", "agreement", "ablation")
-
-# No fetches of any kind: scripts and styles only inline, images only as data URLs. A report that
-# tried to load something would show a CSP violation in the console instead of leaking a request.
-CSP = (
-    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
-    "img-src data:; font-src data:; connect-src 'none'; form-action 'none'; base-uri 'none'"
-)
 
 # Options of ma.attribute that define the target and the batching; passed to every method and to
 # validation alike, so the checks re-evaluate exactly what was attributed.
@@ -87,31 +81,6 @@ def _kv(d: dict[str, Any]) -> str:
     return f"<table>{rows}</table>"
 
 
-def _corr_color(v: float) -> str:
-    if math.isnan(v):
-        return "#eee"
-    # Blue for agreement, red for disagreement, white at 0 (same sense as RdBu).
-    a = min(1.0, abs(v))
-    if v >= 0:
-        r, g, b = int(255 - 160 * a), int(255 - 110 * a), 255
-    else:
-        r, g, b = 255, int(255 - 160 * a), int(255 - 160 * a)
-    return f"rgb({r},{g},{b})"
-
-
-def matrix_table(matrix: torch.Tensor, labels: Sequence[str]) -> str:
-    """A method × method matrix as a coloured HTML table."""
-    head = "<tr><th></th>" + "".join(f"<th>{_esc(b)}</th>" for b in labels) + "</tr>"
-    body = ""
-    for i, a in enumerate(labels):
-        cells = "".join(
-            f'<td style="background:{_corr_color(float(matrix[i, j]))}">{_fmt(float(matrix[i, j]))}</td>'
-            for j in range(len(labels))
-        )
-        body += f"<tr><th>{_esc(a)}</th>{cells}</tr>"
-    return f'<table class="agreement">{head}{body}</table>'
-
-
 def _png(fig: Any, alt: str) -> str:
     from .plots import to_png_base64
 
@@ -122,11 +91,6 @@ def _have_matplotlib() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("matplotlib") is not None
-
-
-def _with_csp(page_html: str) -> str:
-    meta = f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
-    return page_html.replace('<meta charset="utf-8">', '<meta charset="utf-8">' + meta, 1)
 
 
 def report(
@@ -143,6 +107,8 @@ def report(
     seed: int = 0,
     quiet: bool = True,
     validation_options: dict[str, Any] | None = None,
+    baselines: Sequence[Any] | None = None,
+    baseline_params: dict[str, Any] | None = None,
     **options: Any,
 ) -> str:
     """Attribute ``model``'s output on ``text`` with several methods and write one offline HTML page.
@@ -163,6 +129,9 @@ def report(
         seed: for stochastic methods and validation.
         quiet: no progress output.
         validation_options: extra options for :func:`mechattr.validate` (``ks``, ``n_random``...).
+        baselines: also add a baseline-sensitivity section (:func:`mechattr.baseline_sensitivity`
+            of integrated gradients under these baselines, e.g. ``["zero", "pad", "mean"]``).
+        baseline_params: parameters for that run (``method``, ``n_steps``, ``rule``, ``top_k``...).
         **options: target and batching options shared by all methods (``contrast``, ``kind``,
             ``position``, ``prepend_bos``, ``attribute_bos``, ``memory_mb``, ``batch_size``).
 
@@ -244,6 +213,17 @@ def report(
                                             validation_options or {}, figures, results)
         sections.extend(vhtml)
 
+    sens_meta: dict[str, Any] | None = None
+    if baselines is not None:
+        from .sensitivity import baseline_sensitivity
+
+        bp = dict(baseline_params or {})
+        sens = baseline_sensitivity(model, text, target, baselines=baselines, seed=seed, quiet=quiet,
+                                    **options, **bp)
+        sections.extend(sens.sections())
+        sens_meta = {"method": sens.method, "params": sens.params, "baselines": [r.label for r in sens.rows],
+                     "stable": sens.verdict["stable"]}
+
     from .tl.adapter import tl_version
 
     run = {
@@ -258,9 +238,11 @@ def report(
     }
     if vmeta is not None:
         run["validation"] = vmeta
+    if sens_meta is not None:
+        run["baseline sensitivity"] = sens_meta
     sections.append(("Run parameters", _kv(run), []))
 
-    out = _with_csp(page(title or f"mechattr report — {text!r}", sections))
+    out = with_csp(page(title or f"mechattr report — {text!r}", sections))
     if path is not None:
         from ._io import atomic_write
 

@@ -42,7 +42,7 @@ DIRECTIONS = ("denoise", "noise")
 DEFAULT_MAX_EDGES = 1000
 
 # Same policy as ma.report: inline scripts and styles only, images only as data URLs, no fetches.
-from ..report import CSP  # noqa: E402
+from ..display import CSP  # noqa: E402
 
 INSTALL_HINT = 'pip install "mechattr[graph]"  (or: pip install --no-deps pyvis)'
 

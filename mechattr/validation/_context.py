@@ -107,6 +107,12 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "roar_k": 1,
     "roar_config": None,
     "roar_method": None,
+    # Jain & Wallace attention checks
+    "attention_layers": None,
+    "n_permutations": 20,
+    "adversarial_epsilon": 0.01,
+    "adversarial_steps": 60,
+    "adversarial_lr": 0.1,
     # method running
     "method_params": None,
     # the shared run options (mechattr.options), except the seed, which validate() takes itself

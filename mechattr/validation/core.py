@@ -12,7 +12,7 @@ import torch
 from ..tl.adapter import tl_version
 from ..errors import InputError, MechattrError, suggest
 from ..progress import progress
-from . import ablation, agreement, completeness, perturbation_curves, randomization, roar, zoo_checks
+from . import ablation, agreement, attention_checks, completeness, perturbation_curves, randomization, roar, zoo_checks
 from ._context import VContext, check_options, method_specs, resolve_items
 from ._result import CheckResult
 from .report import ValidationReport
@@ -26,7 +26,14 @@ CHECKS: dict[str, Callable[[VContext], CheckResult]] = {
     "ablation": ablation.run,
     "roar": roar.run,
     "ground_truth": zoo_checks.run_ground_truth,
+    # Jain & Wallace (2019): measurements of the model's attention, no pass/fail (attention_checks.py).
+    "attention_correlation": attention_checks.run_correlation,
+    "attention_permutation": attention_checks.run_permutation,
+    "attention_adversarial": attention_checks.run_adversarial,
 }
+# Checks run only when named: they measure the model's attention, not the methods, and the
+# adversarial search costs a forward and backward per step, layer and prompt.
+OPT_IN = ("attention_correlation", "attention_permutation", "attention_adversarial")
 # Checks that need a zoo model (or a twin / task given explicitly). Under checks="all" they are
 # reported as not run, with the reason, when their inputs are missing; named explicitly they raise.
 NEEDS_ZOO = ("data_randomization", "roar", "ground_truth")
@@ -35,7 +42,7 @@ DEFAULT_METHODS = ("integrated_gradients", "input_x_gradient", "saliency")
 
 def _check_list(checks: Any) -> tuple[list[str], bool]:
     if checks == "all" or checks is None:
-        return list(CHECKS), True
+        return [c for c in CHECKS if c not in OPT_IN], True
     if isinstance(checks, str):
         checks = [checks]
     out = []
@@ -104,7 +111,8 @@ def validate(
             params)`` or ``(label, callable)`` pairs.
         checks: ``"all"`` or a list from ``randomization``, ``data_randomization``,
             ``completeness``, ``perturbation``, ``agreement``, ``ablation``, ``roar``,
-            ``ground_truth``.
+            ``ground_truth``; and, only when named (not in ``"all"``), Jain & Wallace's
+            ``attention_correlation``, ``attention_permutation``, ``attention_adversarial``.
         seed: seeds every random choice (methods, random orderings, re-initialisations,
             plausible replacements, ROAR); the same seed gives identical numbers.
         html_path: also write the offline HTML report there.
@@ -116,7 +124,9 @@ def validate(
             'zero', 'mean', 'plausible'), ``ks`` ((1, 3, 5, 0.1, 0.2)), ``n_random`` (5),
             ``counts`` (token frequency table), ``margin`` (1.0), ``ablation_min_corr`` (0.0),
             ``roar_task``, ``roar_k`` (1), ``roar_config`` (dict), ``method_params`` ({name:
-            params}), ``memory_mb``, ``batch_size``, ``attribute_bos``, and the target options
+            params}), ``memory_mb``, ``batch_size``, ``attribute_bos``, the attention checks'
+            ``attention_layers`` (None: all), ``n_permutations`` (20), ``adversarial_epsilon``
+            (0.01), ``adversarial_steps`` (60), ``adversarial_lr`` (0.1), and the target options
             ``contrast``, ``kind``, ``position``, ``prepend_bos``.
     """
     if isinstance(seed, bool) or not isinstance(seed, int):

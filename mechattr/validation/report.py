@@ -100,6 +100,8 @@ class ValidationReport:
         for name, c in self.checks.items():
             if c.unavailable:
                 out.append(f"\n- {name}: not run — {c.unavailable}")
+            elif c.data.get("reading"):  # measurements without a per-method verdict
+                out.append(f"\n- {name}: {c.data['reading']}")
         return "\n".join(out)
 
     def criteria(self) -> dict[str, str]:
@@ -145,6 +147,7 @@ class ValidationReport:
                 "summary": self.summary_rows(),
                 "records": self.records,
                 "unavailable": {k: c.unavailable for k, c in self.checks.items() if c.unavailable},
+                "readings": {k: c.data["reading"] for k, c in self.checks.items() if c.data.get("reading")},
             },
             default=str,
         )
@@ -251,6 +254,11 @@ def _check_body(c: CheckResult) -> str:
         for metric, mat in c.data["matrices"].items():
             out += f"<p>{html.escape(metric)} (mean over prompts)</p>"
             out += _table([{"": a, **{b: mat[i][j] for j, b in enumerate(labels)}} for i, a in enumerate(labels)])
+    elif c.name.startswith("attention_") and "table" in c.data:
+        out += svg_lines(c.data["series"], c.data["xlabels"], f"{c.name} by layer")
+        if c.verdicts:
+            out += _table([{"ranking": m, "mean over layers": v.value} for m, v in c.verdicts.items()])
+        out += _table(c.data["table"])
     else:
         rows = [
             {"method": m, "value": v.value, "pass": "" if v.passed is None else ("PASS" if v.passed else "FAIL"),
