@@ -423,7 +423,7 @@ class ModelAdapter:
         touches_head = any(
             isinstance(n, str) and n.startswith(("ln_final", "unembed", "hook_unembed")) for n, _ in fwd_hooks
         )
-        if not touches_head and self.fast_logits_ok():
+        if not touches_head and self.fast_logits_ok() and not self._outer_hooks():
             resid = self.run_until(tokens, self.final_resid_hook, embed=embed, fwd_hooks=fwd_hooks)
             if positions is not None:
                 resid = resid[:, list(positions)]
@@ -434,6 +434,13 @@ class ModelAdapter:
         with self.hooks(fwd_hooks=hooks):
             out = self.model(tokens)
         return out if positions is None else out[:, list(positions)]
+
+    def _outer_hooks(self) -> bool:
+        if self.kind != "bridge":
+            return False
+        from . import fastpath
+
+        return fastpath.outer_hooks(self.model)
 
     def activation_bytes_per_token(self) -> int:
         """Rough bytes of autograd state one token costs in one forward+backward (for batching)."""
