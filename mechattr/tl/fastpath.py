@@ -228,31 +228,48 @@ class FastPath:
 def self_check(fp: FastPath, adapter: Any) -> bool:
     """Whether ``fp`` reproduces the bridge's logits for ``adapter``'s model, on the real token
     embedding and on a perturbed one (so that the meaning of the embedding hook is checked too)."""
+    return self_check_failure(fp, adapter) is None
+
+
+def self_check_failure(fp: FastPath, adapter: Any) -> str | None:
+    """None when ``fp`` passes :func:`self_check`, else why not (for the warning the adapter gives)."""
     try:
         return _self_check(fp, adapter)
-    except Exception:  # any failure of the plain forward means: use the bridge
-        return False
+    except Exception as e:  # any failure of the plain forward means: use the bridge
+        return f"the plain forward raised {type(e).__name__}: {e}"
 
 
-def _self_check(fp: FastPath, adapter: Any) -> bool:
+def _self_check(fp: FastPath, adapter: Any) -> str | None:
     toks = adapter.tokenize("The quick brown fox jumps")
     with torch.no_grad():
         ref = adapter.logits(toks, _fast=False)
         mine = fp.logits(toks)
-        if ref.shape != mine.shape or not _close(ref, mine):
-            return False
+        if ref.shape != mine.shape:
+            return f"logits of shape {tuple(mine.shape)} instead of {tuple(ref.shape)}"
+        why = _differ(ref, mine)
+        if why:
+            return why + " on the prompt's own embedding"
         emb = adapter.embed(toks)
         g = torch.Generator(device="cpu").manual_seed(0)
         noise = torch.randn(emb.shape, generator=g).to(emb) * emb.float().std().to(emb.dtype)
         pert = 0.5 * emb + noise
         ref = adapter.logits(toks, embed=pert, positions=[toks.shape[1] - 1], _fast=False)
         mine = fp.logits(toks, embed=pert, positions=[toks.shape[1] - 1])
-        return ref.shape == mine.shape and _close(ref, mine)
+        if ref.shape != mine.shape:
+            return f"logits of shape {tuple(mine.shape)} instead of {tuple(ref.shape)} on a replaced embedding"
+        why = _differ(ref, mine)
+        return why + " on a replaced embedding" if why else None
+
+
+def _differ(a: Tensor, b: Tensor) -> str | None:
+    """None when ``b`` reproduces ``a``, else how far off it is."""
+    if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
+        return "non-finite logits"
+    scale = max(1.0, float(a.abs().max()))
+    tol = 1e-4 if a.dtype in (torch.float32, torch.float64) else 2e-2
+    err = float((a.float() - b.float()).abs().max())
+    return None if err <= tol * scale else f"logits differ by up to {err:.3g} (tolerance {tol * scale:.3g})"
 
 
 def _close(a: Tensor, b: Tensor) -> bool:
-    if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
-        return False
-    scale = max(1.0, float(a.abs().max()))
-    tol = 1e-4 if a.dtype in (torch.float32, torch.float64) else 2e-2
-    return bool(((a.float() - b.float()).abs().max()) <= tol * scale)
+    return _differ(a, b) is None
