@@ -171,9 +171,12 @@ def main() -> None:
         "full randomization.",
         "- **data_randomization**: same similarity to the zoo model's randomized-label twin.",
         "- **completeness**: max relative error |Σ scores − (f(x) − f(b))| / |f(x) − f(b)|.",
-        "- **perturbation**: deletion AOPC (Samek et al. 2017) vs random orderings (mean + 1 std).",
+        "- **perturbation**: deletion AOPC (Samek et al. 2017); a PASS beats random orderings (mean + 1 std) "
+        "and every content-blind control: `frequency`, `position` (a leave-one-out position prior: positions "
+        "ranked by the other prompts' mean single-token ablation effect) and `recency` (latest tokens first).",
         "- **agreement**: mean Spearman with the other methods (no criterion).",
-        "- **ablation**: mean Spearman of score vs single-token ablation effect.",
+        "- **ablation**: mean Spearman of score vs single-token ablation effect; a PASS is above 0 and above "
+        "the same Spearman of the `frequency`, `position` and `recency` controls.",
         "- **roar**: accuracy drop after retraining with the top-k tokens masked vs k random ones "
         "(mean of the random drops + max(2 std, binomial s.e.)).",
         "- **ground_truth**: MRR of the planted tokens (mechattr.groundtruth) vs a random ranking.",

@@ -15,8 +15,13 @@ frequency heuristic that removes the rarest tokens first. Rarity comes from a su
 Llama/SmolLM) add tokens in merge order, so a larger id is a later, rarer merge — a proxy, not a
 corpus count. Special tokens are treated as the most frequent.
 
-Criterion: the method's deletion AOPC exceeds the random mean by ``margin`` random stds.
-All perturbed inputs of a prompt go through the model in batches.
+Two position-only controls stand beside them (:mod:`.controls`): ``position`` (a leave-one-out
+position prior from the other prompts' single-token ablation effects) and ``recency`` (latest
+tokens first).
+
+Criterion: the method's deletion AOPC exceeds the random mean by ``margin`` random stds *and*
+the AOPC of every control (frequency, position, recency): a method that ranks by position alone
+cannot pass. All perturbed inputs of a prompt go through the model in batches.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ from torch import Tensor
 from ..errors import InputError
 from ..progress import progress
 from ._context import Item, VContext
+from .ablation import ablation_effects
+from .controls import CONTROLS, position_prior_scores, recency_scores
 from ._replace import Remover
 from ._result import CheckResult, Verdict
 from .stats import nanmean, nanstd
@@ -141,12 +148,14 @@ def run(vc: VContext) -> CheckResult:
         int(t) for t in (vc.adapter.special_token_id(s) for s in ("bos", "eos", "pad", "unk")) if t is not None
     }
     labels = [m.label for m in vc.methods]
+    controls = list(CONTROLS)
     # per (order label) per prompt/row: metrics; random: per seed
-    per: dict[str, list[dict[str, float]]] = {lab: [] for lab in labels + ["frequency"]}
+    per: dict[str, list[dict[str, float]]] = {lab: [] for lab in labels + controls}
     per_random: list[list[dict[str, float]]] = [[] for _ in range(n_random)]
     mean_curves: dict[str, dict[str, list[Tensor]]] = {
-        lab: {"deletion": [], "insertion": []} for lab in labels + ["frequency", "random"]
+        lab: {"deletion": [], "insertion": []} for lab in labels + controls + ["random"]
     }
+    effects = {item.index: ablation_effects(vc, item) for item in vc.items}  # for the position prior
     for item in progress(vc.items, desc="perturbation curves (prompts)", quiet=vc.quiet):
         remover = Remover(
             vc.adapter, item.plan, item.fixed, o["replacement"], seed=vc.seed + 31 * item.index,
@@ -160,14 +169,19 @@ def run(vc: VContext) -> CheckResult:
         g = torch.Generator(device="cpu").manual_seed(vc.seed * 7907 + item.index)
         rand_orders = [[removable[i] for i in torch.randperm(n, generator=g).tolist()] for _ in range(n_random)]
         freq = frequency_scores(item.plan.tokens[0].tolist(), counts, special)
-        freq_order = order_of(freq, removable)
+        n_pos = int(item.plan.tokens.shape[1])
+        control_orders = [
+            order_of(freq, removable),
+            order_of(position_prior_scores(effects, item.index, n_pos), removable),
+            order_of(recency_scores(n_pos), removable),
+        ]
         method_orders = []
         score_maps = {m.label: vc.scores(item, m) for m in vc.methods}
         rows = item.plan.n_rows
         for r in range(rows):
             for m in vc.methods:
                 method_orders.append(order_of(score_maps[m.label][r], removable))
-        orders = method_orders + [freq_order] + rand_orders
+        orders = method_orders + control_orders + rand_orders
         dele, ins = curves_for_orders(remover, orders, removable)
         for r in range(rows):
             def record(label: str, oi: int, sink: list[dict[str, float]], curve_key: str | None) -> None:
@@ -182,7 +196,9 @@ def run(vc: VContext) -> CheckResult:
             for mi, m in enumerate(vc.methods):
                 record(m.label, r * len(vc.methods) + mi, per[m.label], m.label)
             base = rows * len(vc.methods)
-            record("frequency", base, per["frequency"], "frequency")
+            for ci, c in enumerate(controls):
+                record(c, base + ci, per[c], c)
+            base += len(controls) - 1
             for s in range(n_random):
                 met = curve_metrics(dele[base + 1 + s, r], ins[base + 1 + s, r], ks)
                 per_random[s].append(met)
@@ -203,15 +219,19 @@ def run(vc: VContext) -> CheckResult:
             res.add(lab, "mean_" + name, v)
     margin = float(o["margin"])
     mu, sd = summary["random"]["aopc"], summary["random ± std"]["aopc"]
+    bars = {"random": mu + margin * sd, **{c: summary[c]["aopc"] for c in controls}}
+    bar = max(v for v in bars.values() if v == v)
     for m in vc.methods:
         a = summary[m.label]["aopc"]
         z = (a - mu) / sd if sd > 0 else (math.inf if a > mu else -math.inf if a < mu else 0.0)
+        beaten = [c for c, v in bars.items() if not (a > v)]
         res.verdicts[m.label] = Verdict(
             a,
-            bool(a > mu + margin * sd),
-            mu + margin * sd,
-            f"deletion AOPC > random mean + {margin}·std ({mu:.4g} ± {sd:.4g})",
-            f"z = {z:.2f}; frequency heuristic AOPC {summary['frequency']['aopc']:.4g}",
+            bool(a > bar),
+            bar,
+            f"deletion AOPC > random mean + {margin}·std ({mu:.4g} ± {sd:.4g}) and > every control "
+            f"(frequency {bars['frequency']:.4g}, position {bars['position']:.4g}, recency {bars['recency']:.4g})",
+            f"z = {z:.2f}" + (f"; not above: {', '.join(beaten)}" if beaten else ""),
         )
     res.data["summary"] = summary
     res.data["mean_curves"] = {
