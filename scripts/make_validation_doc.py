@@ -83,7 +83,8 @@ def section(title: str, rep: ma.ValidationReport, note: str = "") -> str:
             lines.append("")
     if "perturbation" in rep.checks and not rep.checks["perturbation"].unavailable:
         s = rep.checks["perturbation"].data["summary"]
-        keys = ["aopc", "deletion_auc_norm", "insertion_auc_norm", "comprehensiveness", "sufficiency"]
+        keys = ["aopc", "deletion_auc_norm", "insertion_auc_norm", "comprehensiveness", "sufficiency",
+                "eraser_comprehensiveness", "eraser_sufficiency"]
         lines += ["Perturbation summary (means over prompts; random = mean over seeds, then its std):", ""]
         lines += ["| ordering | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
         for lab, v in s.items():
@@ -174,6 +175,10 @@ def main() -> None:
         "- **perturbation**: deletion AOPC (Samek et al. 2017); a PASS beats random orderings (mean + 1 std) "
         "and every content-blind control: `frequency`, `position` (a leave-one-out position prior: positions "
         "ranked by the other prompts' mean single-token ablation effect) and `recency` (latest tokens first).",
+        "- comprehensiveness / sufficiency: mechattr's variant in target units (log-prob) averaged over "
+        "`ks` = 1, 3, 5 tokens, 10 %, 20 %; eraser_comprehensiveness / eraser_sufficiency: ERASER as "
+        "DeYoung et al. 2020 define it, target-token probability, mean over bins of 1, 5, 10, 20, 50 % "
+        "of the tokens (no criterion).",
         "- **agreement**: mean Spearman with the other methods (no criterion).",
         "- **ablation**: mean Spearman of score vs single-token ablation effect; a PASS is above 0 and above "
         "the same Spearman of the `frequency`, `position` and `recency` controls.",

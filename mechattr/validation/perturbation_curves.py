@@ -6,8 +6,16 @@
 - Area under each curve over the fraction removed (trapezoid), raw and normalised by the gap
   between the full and the empty input: (f_j - f_empty) / (f_full - f_empty).
 - AOPC (Samek et al. 2017): mean over j = 0..n of f(x) - f(x without its top-j tokens).
-- ERASER (DeYoung et al. 2020) at k: comprehensiveness f(x) - f(x \\ top-k) (higher is better)
-  and sufficiency f(x) - f(top-k only) (lower is better); k in tokens or as a fraction of them.
+- Comprehensiveness f(x) - f(x \\ top-k) (higher is better) and sufficiency f(x) - f(top-k only)
+  (lower is better) in two forms:
+  ``comprehensiveness@k`` / ``sufficiency@k`` (and their means ``comprehensiveness`` /
+  ``sufficiency``): in *target units* (what was attributed; log-prob by default) at the ``ks``
+  option (tokens or fractions of them) -- mechattr's variant;
+  ``eraser_comprehensiveness@b`` / ``eraser_sufficiency@b`` and their means over the bins: ERASER
+  as DeYoung et al. 2020 define it, in *probability* units (the target token's probability, from a
+  log_prob or prob target) at the paper's bins b = 1, 5, 10, 20, 50 % of the removable tokens
+  (ceil, at least one token), aggregated as the mean over the bins as the released scorer does.
+  Targets without a probability (logits, differences, probes, SAE features) leave them NaN.
 
 Every method is compared with ``n_random`` random orderings (mean ± std over seeds) and with a
 frequency heuristic that removes the rarest tokens first. Rarity comes from a supplied counts table
@@ -42,6 +50,17 @@ from ._result import CheckResult, Verdict
 from .stats import nanmean, nanstd
 
 GRID = 11  # points of the fraction-removed axis the mean curves are resampled to
+ERASER_BINS = (0.01, 0.05, 0.1, 0.2, 0.5)  # DeYoung et al. 2020, section 4
+
+
+def probability_of(plan: Any) -> Any:
+    """Target value -> probability of the target token, or None when the target is no probability."""
+    kind = getattr(plan, "kind", None)
+    if kind == "log_prob":
+        return torch.exp
+    if kind == "prob":
+        return lambda v: v
+    return None
 
 
 def k_values(ks: Any, n: int) -> list[tuple[str, int]]:
@@ -90,9 +109,11 @@ def resample(y: Tensor, grid: int = GRID) -> Tensor:
     return y[idx - 1] * (1 - w) + y[idx] * w
 
 
-def curve_metrics(dele: Tensor, ins: Tensor, ks: list[tuple[str, int]]) -> dict[str, float]:
+def curve_metrics(
+    dele: Tensor, ins: Tensor, ks: list[tuple[str, int]], prob: Any = None, eraser_ks: list[tuple[str, int]] | None = None
+) -> dict[str, float]:
     """Metrics of one ordering from its deletion and insertion curves (index j = tokens removed /
-    inserted, j = 0..n)."""
+    inserted, j = 0..n). ``prob`` maps target values to probabilities (ERASER units)."""
     f_full, f_empty = float(dele[0]), float(dele[-1])
     gap = f_full - f_empty
     out = {
@@ -115,6 +136,20 @@ def curve_metrics(dele: Tensor, ins: Tensor, ks: list[tuple[str, int]]) -> dict[
         suff.append(s)
     out["comprehensiveness"] = sum(comp) / len(comp)
     out["sufficiency"] = sum(suff) / len(suff)
+    if eraser_ks is None:
+        eraser_ks = k_values(ERASER_BINS, dele.shape[0] - 1)
+    pd = prob(dele.double()) if prob is not None else None
+    pi = prob(ins.double()) if prob is not None else None
+    comp, suff = [], []
+    for name, k in eraser_ks:
+        c = float(pd[0] - pd[k]) if pd is not None else float("nan")
+        s = float(pd[0] - pi[k]) if pd is not None else float("nan")
+        out[f"eraser_comprehensiveness@{name}"] = c
+        out[f"eraser_sufficiency@{name}"] = s
+        comp.append(c)
+        suff.append(s)
+    out["eraser_comprehensiveness"] = sum(comp) / len(comp)
+    out["eraser_sufficiency"] = sum(suff) / len(suff)
     return out
 
 
@@ -144,6 +179,11 @@ def run(vc: VContext) -> CheckResult:
         f"replacement={o['replacement']!r}; {n_random} random orderings; frequency heuristic from "
         + ("the supplied counts table" if counts is not None else "token ids (BPE merge-rank proxy)")
     )
+    res.notes.append(
+        "comprehensiveness/sufficiency@k: target units at ks; eraser_*: probability units at bins "
+        "1/5/10/20/50 % (DeYoung et al. 2020)"
+        + ("" if probability_of(vc.items[0].plan) is not None else " -- NaN here: the target is not a log-prob or probability")
+    )
     special = {
         int(t) for t in (vc.adapter.special_token_id(s) for s in ("bos", "eos", "pad", "unk")) if t is not None
     }
@@ -166,6 +206,8 @@ def run(vc: VContext) -> CheckResult:
         if n < 1:
             raise InputError(f"Prompt {item.index} has no removable tokens for replacement={o['replacement']!r}.")
         ks = k_values(o["ks"], n)
+        eks = k_values(ERASER_BINS, n)
+        prob = probability_of(item.plan)
         g = torch.Generator(device="cpu").manual_seed(vc.seed * 7907 + item.index)
         rand_orders = [[removable[i] for i in torch.randperm(n, generator=g).tolist()] for _ in range(n_random)]
         freq = frequency_scores(item.plan.tokens[0].tolist(), counts, special)
@@ -185,7 +227,7 @@ def run(vc: VContext) -> CheckResult:
         dele, ins = curves_for_orders(remover, orders, removable)
         for r in range(rows):
             def record(label: str, oi: int, sink: list[dict[str, float]], curve_key: str | None) -> None:
-                met = curve_metrics(dele[oi, r], ins[oi, r], ks)
+                met = curve_metrics(dele[oi, r], ins[oi, r], ks, prob, eks)
                 sink.append(met)
                 if curve_key:
                     mean_curves[curve_key]["deletion"].append(resample(dele[oi, r] - dele[oi, r, 0]))
@@ -200,7 +242,7 @@ def run(vc: VContext) -> CheckResult:
                 record(c, base + ci, per[c], c)
             base += len(controls) - 1
             for s in range(n_random):
-                met = curve_metrics(dele[base + 1 + s, r], ins[base + 1 + s, r], ks)
+                met = curve_metrics(dele[base + 1 + s, r], ins[base + 1 + s, r], ks, prob, eks)
                 per_random[s].append(met)
                 mean_curves["random"]["deletion"].append(resample(dele[base + 1 + s, r] - dele[base + 1 + s, r, 0]))
                 mean_curves["random"]["insertion"].append(resample(ins[base + 1 + s, r] - dele[base + 1 + s, r, 0]))
