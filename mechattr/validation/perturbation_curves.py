@@ -170,6 +170,13 @@ def curves_for_orders(remover: Remover, orders: list[list[int]], removable: list
     return vals[:, 0], vals[:, 1]
 
 
+def deletion_bars(summary: dict[str, dict[str, float]], margin: float) -> dict[str, float]:
+    """The AOPC a method must exceed, per control: random mean + ``margin`` random stds, and the
+    AOPC of each content-blind control. A PASS exceeds all of them."""
+    mu, sd = summary["random"]["aopc"], summary["random ± std"]["aopc"]
+    return {"random": mu + margin * sd, **{c: summary[c]["aopc"] for c in CONTROLS}}
+
+
 def run(vc: VContext) -> CheckResult:
     res = CheckResult("perturbation")
     o = vc.options
@@ -261,7 +268,7 @@ def run(vc: VContext) -> CheckResult:
             res.add(lab, "mean_" + name, v)
     margin = float(o["margin"])
     mu, sd = summary["random"]["aopc"], summary["random ± std"]["aopc"]
-    bars = {"random": mu + margin * sd, **{c: summary[c]["aopc"] for c in controls}}
+    bars = deletion_bars(summary, margin)
     bar = max(v for v in bars.values() if v == v)
     for m in vc.methods:
         a = summary[m.label]["aopc"]
