@@ -184,7 +184,11 @@ def main() -> None:
         "the same Spearman of the `frequency`, `position` and `recency` controls.",
         "- **roar**: accuracy drop after retraining with the top-k tokens masked vs k random ones "
         "(mean of the random drops + max(2 std, binomial s.e.)).",
-        "- **ground_truth**: MRR of the planted tokens (mechattr.groundtruth) vs a random ranking.",
+        "- **roar** with `roar_mode=\"sweep\"` (not run here: minutes per method): Hooker et al. 2019's protocol, "
+        "ROAR and KAR at 10/30/50/70/90 % of the tokens, 3 retrainings per point; verdict on the mean ROAR "
+        "accuracy gap to random > 2 s.e., KAR reported.",
+        "- **ground_truth**: MRR of the planted tokens (mechattr.groundtruth) vs a random ranking; "
+        "registered methods and user callables alike.",
         "- Layered methods (the attention family, value zeroing, token x head) are checked on their "
         "final-layer token scores, heads summed, as `ma.validate` does.",
         "",

@@ -115,7 +115,9 @@ def validate(
             ``replacement`` ('auto': unk if distinct from BOS/EOS, else zero; 'delete', 'pad',
             'zero', 'mean', 'plausible'), ``ks`` ((1, 3, 5, 0.1, 0.2)), ``n_random`` (5),
             ``counts`` (token frequency table), ``margin`` (1.0), ``ablation_min_corr`` (0.0),
-            ``roar_task``, ``roar_k`` (1), ``roar_config`` (dict), ``method_params`` ({name:
+            ``roar_task``, ``roar_k`` (1), ``roar_config`` (dict), ``roar_mode`` ('lite', or
+            'sweep': ROAR and KAR over ``roar_fractions`` (0.1 ... 0.9) with ``roar_repeats`` (3)
+            retrainings per point, Hooker et al. 2019), ``method_params`` ({name:
             params}), ``memory_mb``, ``batch_size``, ``attribute_bos``, and the target options
             ``contrast``, ``kind``, ``position``, ``prepend_bos``.
     """
