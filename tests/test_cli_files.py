@@ -83,3 +83,8 @@ def test_good_paths_still_work(tmp_path, capsys):
     rj = tmp_path / "more" / "v.json"  # validate --json creates missing directories like --html
     assert main(["validate", "tiny-gpt2", "The capital of France is", "--methods", "saliency", "--checks", "completeness", "-q", "--json", str(rj)]) == 0
     assert rj.is_file()
+
+
+def test_the_dataset_api_reads_prompt_files_the_same_way(tiny_model, latin1, tmp_path):
+    with pytest.raises(ma.InputError, match="not UTF-8"):
+        ma.attribute_dataset(tiny_model, str(latin1), method="saliency", out_dir=str(tmp_path / "o"), quiet=True)
