@@ -209,10 +209,9 @@ def _read_prompts(path: str) -> list[str]:
     """One prompt per line (blank lines skipped), or a JSON list of strings."""
     from .errors import InputError
 
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"No prompts file at {path!r}.")
-    text = p.read_text(encoding="utf-8")
+    from ._cli_files import read_text
+
+    text = read_text(path, "prompts file")
     if text.lstrip().startswith("["):
         try:
             prompts = json.loads(text)
@@ -248,7 +247,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
         if args.json == "-":
             print(text)
         else:
-            Path(args.json).write_text(text)
+            from ._io import atomic_write as _atomic_write
+
+            _atomic_write(Path(args.json), text.encode("utf-8"))  # creates missing directories, as --html does
     if args.json != "-" and not args.quiet:
         print(report.to_markdown())
         if args.html:
@@ -417,9 +418,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .tl.loading import demo_model
 
         args.model = demo_model()
+    from ._cli_files import about_a_file_option, check_args
     from .errors import MechattrError
 
     try:
+        check_args(args)
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -428,6 +431,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"mechattr: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as e:  # reading or writing one of the user's files failed after the checks
+        if args.debug or not about_a_file_option(args, e.filename):
+            if args.debug:
+                raise
+            print(f"mechattr: internal error: {type(e).__name__}: {e} (run with --debug for the traceback)", file=sys.stderr)
+            return EXIT_INTERNAL
+        print(f"mechattr: error: cannot use {e.filename!r}: {e.strerror or e}; check the path and its permissions.", file=sys.stderr)
         return EXIT_USAGE
     except Exception as e:  # noqa: BLE001 - the CLI's last line of defence
         if args.debug:

@@ -79,7 +79,9 @@ def _read_file(p: Path) -> list[Any]:
             f"No prompts file at {str(p)!r}. Give a file path, or a list of prompts (a single "
             "string is read as a path)."
         )
-    text = p.read_text(encoding="utf-8")
+    from ._cli_files import read_text
+
+    text = read_text(str(p), "prompts file")  # not UTF-8 / unreadable: an InputError saying what to do
     if p.suffix == ".jsonl":
         out = []
         for n, line in enumerate(text.splitlines(), 1):

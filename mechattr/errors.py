@@ -37,6 +37,18 @@ class ResultFileError(MechattrError, OSError):
     """A result file that is truncated, from an incompatible version, or not written by mechattr."""
 
 
+class MechattrWarning(UserWarning):
+    """Base class of the warnings mechattr gives when it has to fall back from what was asked."""
+
+
+class FastPathWarning(MechattrWarning):
+    """The hook-free bridge forward failed its self-check; the (slower) bridge forward is used."""
+
+
+class ConfigWarning(MechattrWarning):
+    """A model config field mechattr sets for its own bookkeeping could not be set."""
+
+
 def suggest(name: str, choices: Iterable[str]) -> str:
     """A ' Did you mean ...?' suffix for an unknown name, or ''."""
     close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.5)

@@ -60,9 +60,34 @@ def random_expectation(n_src: int, n_truth: int) -> tuple[float, float, float]:
     return k / m, float(err), k / m
 
 
+def _run_callable(adapter: Any, plan: Any, fn: Any, params: dict[str, Any], seed: int, batch_size: int | None,
+                  prompt: str) -> Any:
+    """A user's method ``fn(ctx, **params) -> MethodOutput`` on one plan, as validation runs it."""
+    from .api import _fixed_positions
+    from .attribution import Attribution
+    from .errors import MethodError
+    from .methods._common import Context
+    from .registry import MethodOutput
+
+    ctx = Context(adapter=adapter, plan=plan, memory_mb=2048.0, batch_size=batch_size, seed=int(seed),
+                  quiet=True, fixed=_fixed_positions(adapter, plan.tokens, False))
+    with adapter.guard():
+        out = fn(ctx, **params)
+    if not isinstance(out, MethodOutput):
+        raise MethodError(
+            f"The method {getattr(fn, '__name__', fn)!r} must return a mechattr MethodOutput, got {type(out).__name__}."
+        )
+    return Attribution(
+        tokens=adapter.str_tokens(plan.tokens), token_ids=plan.tokens[0].tolist(), targets=list(plan.labels),
+        target_positions=list(plan.positions), scores=out.scores.detach().cpu().float(), dims=tuple(out.dims),
+        method=str(getattr(fn, "__name__", "callable")), params=dict(out.params), diagnostics=dict(out.diagnostics),
+        prompt=prompt, model_name=adapter.name,
+    )
+
+
 def score(
     model: Any,
-    method: str,
+    method: Any,
     task: Any,
     n: int = 100,
     seed: int = 0,
@@ -78,7 +103,8 @@ def score(
     ``model`` is a loaded model or a name for :func:`mechattr.load_model` (default kind); use the
     zoo model of the same task (``"zoo:induction"``) or its randomized twin. Deterministic given
     ``seed`` (examples and any method randomness both derive from it). The method's own
-    parameters come as keywords (``n_steps=20``) or as a dict ``params=``."""
+    parameters come as keywords (``n_steps=20``) or as a dict ``params=``. ``method`` is a registered
+    name or a callable ``fn(ctx, **params) -> MethodOutput`` (the contract of ``mechattr.register``)."""
     from .tl.adapter import as_adapter
     from .api import run_method
     from .tl.loading import load_model
@@ -91,7 +117,10 @@ def score(
     if rank_by not in RANK_BY:
         raise InputError(f"rank_by must be one of {list(RANK_BY)}, got {rank_by!r}.")
     t = get_task(task)
-    info = get_method(method)
+    if callable(method) and not isinstance(method, str):
+        fn, method_name = method, str(getattr(method, "__name__", "callable"))
+    else:
+        fn, method_name = None, get_method(method).name
     method_params = {**(params or {}), **method_params}
     m = load_model(model) if isinstance(model, str) else model
     examples = t.examples(n, seed=seed)
@@ -104,10 +133,13 @@ def score(
         toks, truth, _ = example_tokens(adapter, ex)
         target = Contrast(" " + ex.answer, " " + ex.foil) if contrast else NextToken(" " + ex.answer)
         plan = target.plan(adapter, toks)
-        res = run_method(
-            adapter, plan, info.name, dict(method_params), seed=seed + i, batch_size=batch_size,
-            prompt=ex.prompt,
-        )
+        if fn is None:
+            res = run_method(
+                adapter, plan, method_name, dict(method_params), seed=seed + i, batch_size=batch_size,
+                prompt=ex.prompt,
+            )
+        else:
+            res = _run_callable(adapter, plan, fn, dict(method_params), seed + i, batch_size, ex.prompt)
         s = res.token_scores(0)
         first = int(adapter.prepend_bos)  # BOS is held fixed and is never a candidate
         cand = torch.as_tensor(s)[first:]
@@ -123,7 +155,7 @@ def score(
         "random_top1": q[0],
         "random_mrr": q[1],
         "random_mass": q[2],
-        "method": info.name,
+        "method": method_name,
         "task": t.name,
         "model": str(getattr(m.cfg, "model_name", "")),
         "n": n,

@@ -83,7 +83,8 @@ def section(title: str, rep: ma.ValidationReport, note: str = "") -> str:
             lines.append("")
     if "perturbation" in rep.checks and not rep.checks["perturbation"].unavailable:
         s = rep.checks["perturbation"].data["summary"]
-        keys = ["aopc", "deletion_auc_norm", "insertion_auc_norm", "comprehensiveness", "sufficiency"]
+        keys = ["aopc", "deletion_auc_norm", "insertion_auc_norm", "comprehensiveness", "sufficiency",
+                "eraser_comprehensiveness", "eraser_sufficiency"]
         lines += ["Perturbation summary (means over prompts; random = mean over seeds, then its std):", ""]
         lines += ["| ordering | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
         for lab, v in s.items():
@@ -171,12 +172,23 @@ def main() -> None:
         "full randomization.",
         "- **data_randomization**: same similarity to the zoo model's randomized-label twin.",
         "- **completeness**: max relative error |Σ scores − (f(x) − f(b))| / |f(x) − f(b)|.",
-        "- **perturbation**: deletion AOPC (Samek et al. 2017) vs random orderings (mean + 1 std).",
+        "- **perturbation**: deletion AOPC (Samek et al. 2017); a PASS beats random orderings (mean + 1 std) "
+        "and every content-blind control: `frequency`, `position` (a leave-one-out position prior: positions "
+        "ranked by the other prompts' mean single-token ablation effect) and `recency` (latest tokens first).",
+        "- comprehensiveness / sufficiency: mechattr's variant in target units (log-prob) averaged over "
+        "`ks` = 1, 3, 5 tokens, 10 %, 20 %; eraser_comprehensiveness / eraser_sufficiency: ERASER as "
+        "DeYoung et al. 2020 define it, target-token probability, mean over bins of 1, 5, 10, 20, 50 % "
+        "of the tokens (no criterion).",
         "- **agreement**: mean Spearman with the other methods (no criterion).",
-        "- **ablation**: mean Spearman of score vs single-token ablation effect.",
+        "- **ablation**: mean Spearman of score vs single-token ablation effect; a PASS is above 0 and above "
+        "the same Spearman of the `frequency`, `position` and `recency` controls.",
         "- **roar**: accuracy drop after retraining with the top-k tokens masked vs k random ones "
         "(mean of the random drops + max(2 std, binomial s.e.)).",
-        "- **ground_truth**: MRR of the planted tokens (mechattr.groundtruth) vs a random ranking.",
+        "- **roar** with `roar_mode=\"sweep\"` (not run here: minutes per method): Hooker et al. 2019's protocol, "
+        "ROAR and KAR at 10/30/50/70/90 % of the tokens, 3 retrainings per point; verdict on the mean ROAR "
+        "accuracy gap to random > 2 s.e., KAR reported.",
+        "- **ground_truth**: MRR of the planted tokens (mechattr.groundtruth) vs a random ranking; "
+        "registered methods and user callables alike.",
         "- Layered methods (the attention family, value zeroing, token x head) are checked on their "
         "final-layer token scores, heads summed, as `ma.validate` does.",
         "",

@@ -50,6 +50,20 @@ def test_hooked_and_bridge_agree_in_tl3(tiny_hooked, tiny_bridge):
         torch.testing.assert_close(torch.tensor(a[k]), torch.tensor(b[k]), atol=1e-4, rtol=1e-4, msg=k)
 
 
+def test_bridge_forward_and_fast_path_agree_in_tl4(tiny_bridge, monkeypatch):
+    """The TL 4 lane's counterpart of the TL 3 lane's HookedTransformer-vs-bridge comparison: the
+    two forwards it has (the bridge's own and the hook-free fast path over the same weights) give
+    the same scores for every case the lanes exchange."""
+    if TL_MAJOR < 4:
+        pytest.skip("TL 3 compares HookedTransformer with the bridge (test_hooked_and_bridge_agree_in_tl3)")
+    assert ma.as_adapter(tiny_bridge).fast_path() is not None
+    fast = scores_for(tiny_bridge)
+    monkeypatch.setenv("MECHATTR_FAST_PATH", "0")
+    slow = scores_for(tiny_bridge)
+    for k in fast:
+        torch.testing.assert_close(torch.tensor(fast[k]), torch.tensor(slow[k]), atol=1e-4, rtol=1e-4, msg=k)
+
+
 def test_scores_agree_across_tl_lines(tiny_model):
     d = os.environ.get("MECHATTR_XLANE_DIR")
     if not d:
@@ -60,7 +74,14 @@ def test_scores_agree_across_tl_lines(tiny_model):
     (here / f"tl{TL_MAJOR}.json").write_text(json.dumps(mine))
     other = here / ("tl4.json" if TL_MAJOR < 4 else "tl3.json")
     if not other.exists():
+        # The first lane (TL 4 under `make test`): nothing to compare yet. It checks what it hands
+        # the second lane -- every case present, finite, non-empty, and read back unchanged.
         assert not os.environ.get("MECHATTR_XLANE_REQUIRE"), f"the other lane's scores are missing: {other}"
+        back = json.loads((here / f"tl{TL_MAJOR}.json").read_text())
+        assert set(back) == {c[0] for c in CASES} | {"contrast"} and back == mine
+        for k, v in back.items():
+            t = torch.tensor(v)
+            assert t.numel() > 0 and bool(torch.isfinite(t).all()) and bool(t.abs().sum() > 0), k
         return
     theirs = json.loads(other.read_text())
     for k in mine:

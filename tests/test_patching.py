@@ -161,7 +161,7 @@ def test_agrees_with_transformer_lens_tool(tiny_model: Any) -> None:
     err_h = float((ours.heads_by_pos - theirs.heads_by_pos).abs().max())
     err_m = float((ours.mlp_by_pos - theirs.mlp_by_pos).abs().max())
     print(f"max |ours - TL attribution_patch|: heads {err_h:.2e}, mlp {err_m:.2e}")
-    assert err_h < 1e-5 and err_m < 1e-5
+    assert err_h < 1e-7 and err_m < 1e-7  # docs/linking.md quotes this bound (measured 1.9e-9, 9.3e-10)
     assert theirs.heads_by_pos.abs().sum() > 0
 
 

@@ -9,6 +9,7 @@ that always removes what it added.
 from __future__ import annotations
 
 import contextlib
+import warnings
 import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
@@ -17,7 +18,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from ..errors import HookError, InputError, ModelError, TargetError, suggest
+from ..errors import FastPathWarning, HookError, InputError, ModelError, TargetError, suggest
 from . import hooks as hooknames
 
 EMBED_HOOK = hooknames.EMBED
@@ -252,8 +253,14 @@ class ModelAdapter:
         try:
             with self.model.hooks(fwd_hooks=[(name, lambda x, hook: None)]):
                 return n_hooks() > before
-        except Exception:
+        except KeyError:  # TransformerLens's answer for a name it does not have
             return False
+        except Exception as e:  # the name exists or may: say why it cannot be hooked
+            raise HookError(
+                f"The model could not attach a hook at {name!r}: {type(e).__name__}: {e} "
+                "(a hook point switched off in the config needs its model.set_use_*(True) setter; "
+                "a backend that cannot fire it needs a model loaded with boot_transformers)."
+            ) from e
 
     def check_hook(self, name: str) -> str:
         if not isinstance(name, str) or not self.has_hook(name):
@@ -417,8 +424,17 @@ class ModelAdapter:
             fp = fastpath.FastPath.build(self.model)
             if fp is not None:
                 with self.guard():
-                    ok = fastpath.self_check(fp, self)
-                fp = fp if ok else None
+                    why = fastpath.self_check_failure(fp, self)
+                if why is not None:
+                    # once per model state: the fingerprint below caches this verdict
+                    warnings.warn(
+                        f"mechattr's fast forward for this TransformerBridge ({self.name}) failed its "
+                        f"self-check ({why}); the bridge's own (slower) forward is used instead. "
+                        "Results are unaffected; set MECHATTR_FAST_PATH=0 to skip the check.",
+                        FastPathWarning,
+                        stacklevel=2,
+                    )
+                    fp = None
             # the self-check's forwards may have wired the bridge's own hooks: key after it
             self._fast_key = fastpath.fingerprint(self.model, fastpath.hook_state(self.model)[1])
             self._fast = fp
@@ -444,7 +460,7 @@ class ModelAdapter:
         touches_head = any(
             isinstance(n, str) and n.startswith(("ln_final", "unembed", "hook_unembed")) for n, _ in fwd_hooks
         )
-        if not touches_head and self.fast_logits_ok():
+        if not touches_head and self.fast_logits_ok() and not self._outer_hooks():
             resid = self.run_until(tokens, self.final_resid_hook, embed=embed, fwd_hooks=fwd_hooks)
             if positions is not None:
                 resid = resid[:, list(positions)]
@@ -455,6 +471,13 @@ class ModelAdapter:
         with self.hooks(fwd_hooks=hooks):
             out = self.model(tokens)
         return out if positions is None else out[:, list(positions)]
+
+    def _outer_hooks(self) -> bool:
+        if self.kind != "bridge":
+            return False
+        from . import fastpath
+
+        return fastpath.outer_hooks(self.model)
 
     def activation_bytes_per_token(self) -> int:
         """Rough bytes of autograd state one token costs in one forward+backward (for batching)."""

@@ -15,8 +15,9 @@ weight is copied, so later in-place changes to the weights (randomization checks
 seen by both. The user's model is not modified.
 
 When it is used: only through :meth:`mechattr.tl.adapter.ModelAdapter.logits` with no mechattr hooks,
-when no hook point carries a hook and no module a hook that is not the libraries' own (a user's
-permanent hook must keep applying), and after a self-check: logits of the fast path equal the bridge's logits, on the real token
+when no hook point carries a hook, no module the bridge runs (its own tree and
+``original_model``'s) a hook that is not the libraries' own, and no global module hook is
+registered (a user's hook must keep applying; checked at every call), and after a self-check: logits of the fast path equal the bridge's logits, on the real token
 embedding and on a perturbed one, for this model (re-done when the model's parameter objects
 or hooks change). Anything else (TL 3 ``HookedTransformer``, models whose class cannot be built on the meta
 device, a failed self-check) runs through the bridge as before. ``MECHATTR_FAST_PATH=0`` turns it
@@ -67,13 +68,41 @@ def _is_library_hook(fn: Any) -> bool:
     return str(getattr(f, "__module__", "") or "").startswith(_LIBRARY)
 
 
+_GLOBAL_HOOK_DICTS = (
+    "_global_forward_hooks",
+    "_global_forward_pre_hooks",
+    "_global_backward_hooks",
+    "_global_backward_pre_hooks",
+)
+
+
+def _modules(model: torch.nn.Module) -> Any:
+    """Every module a bridge forward can run: the bridge's own tree and the Hugging Face model it
+    wraps. ``model.original_model`` (and its base model, e.g. ``transformer``) is not a submodule of
+    the bridge, yet the bridge calls it, so hooks there apply on the bridge and must be seen."""
+    seen: set[int] = set()
+    for root in (model, getattr(model, "original_model", None)):
+        if not isinstance(root, torch.nn.Module):
+            continue
+        for m in root.modules():
+            if id(m) not in seen:
+                seen.add(id(m))
+                yield m
+
+
 def hook_state(model: torch.nn.Module) -> tuple[bool, frozenset]:
     """(blocked, internal): ``blocked`` when a hook point carries any hook (TransformerLens's way
-    of adding hooks) or any other module carries a hook that is not TransformerLens's or Hugging
-    Face's own (a user's ``register_forward_hook``); ``internal`` identifies the library's own
-    hooks (the bridge wires some into the wrapped modules on its first forward)."""
+    of adding hooks), any other module the bridge runs carries a hook that is not
+    TransformerLens's or Hugging Face's own (a user's ``register_forward_hook``), or a global
+    module hook is registered (``torch.nn.modules.module.register_module_forward_hook``);
+    ``internal`` identifies the library's own hooks (the bridge wires some into the wrapped
+    modules on its first forward)."""
+    from torch.nn.modules import module as _torch_module
+
+    if any(getattr(_torch_module, d, None) for d in _GLOBAL_HOOK_DICTS):
+        return True, frozenset()
     internal = set()
-    for m in model.modules():
+    for m in _modules(model):
         is_hook_point = type(m).__name__ == "HookPoint"
         for d in _HOOK_DICTS:
             hooks = getattr(m, d, None)
@@ -86,6 +115,25 @@ def hook_state(model: torch.nn.Module) -> tuple[bool, frozenset]:
                     return True, frozenset()
                 internal.add((id(m), d, k))
     return False, frozenset(internal)
+
+
+def outer_hooks(model: Any) -> bool:
+    """Whether the Hugging Face model a bridge wraps (``original_model`` or its base model) carries
+    a hook that is not the libraries' own. The bridge runs those modules around its blocks, so
+    their forward hooks fire only once the whole forward has run: a pass that stops after the
+    last block (``ModelAdapter.run_until``) would skip them."""
+    om = getattr(model, "original_model", None)
+    if not isinstance(om, torch.nn.Module):
+        return False
+    base = getattr(om, "base_model", None)
+    for m in (om, base):
+        if not isinstance(m, torch.nn.Module):
+            continue
+        for d in _HOOK_DICTS:
+            for fn in (getattr(m, d, None) or {}).values():
+                if not _is_library_hook(fn):
+                    return True
+    return False
 
 
 def fingerprint(model: torch.nn.Module, internal_hooks: frozenset) -> tuple:
@@ -180,31 +228,48 @@ class FastPath:
 def self_check(fp: FastPath, adapter: Any) -> bool:
     """Whether ``fp`` reproduces the bridge's logits for ``adapter``'s model, on the real token
     embedding and on a perturbed one (so that the meaning of the embedding hook is checked too)."""
+    return self_check_failure(fp, adapter) is None
+
+
+def self_check_failure(fp: FastPath, adapter: Any) -> str | None:
+    """None when ``fp`` passes :func:`self_check`, else why not (for the warning the adapter gives)."""
     try:
         return _self_check(fp, adapter)
-    except Exception:  # any failure of the plain forward means: use the bridge
-        return False
+    except Exception as e:  # any failure of the plain forward means: use the bridge
+        return f"the plain forward raised {type(e).__name__}: {e}"
 
 
-def _self_check(fp: FastPath, adapter: Any) -> bool:
+def _self_check(fp: FastPath, adapter: Any) -> str | None:
     toks = adapter.tokenize("The quick brown fox jumps")
     with torch.no_grad():
         ref = adapter.logits(toks, _fast=False)
         mine = fp.logits(toks)
-        if ref.shape != mine.shape or not _close(ref, mine):
-            return False
+        if ref.shape != mine.shape:
+            return f"logits of shape {tuple(mine.shape)} instead of {tuple(ref.shape)}"
+        why = _differ(ref, mine)
+        if why:
+            return why + " on the prompt's own embedding"
         emb = adapter.embed(toks)
         g = torch.Generator(device="cpu").manual_seed(0)
         noise = torch.randn(emb.shape, generator=g).to(emb) * emb.float().std().to(emb.dtype)
         pert = 0.5 * emb + noise
         ref = adapter.logits(toks, embed=pert, positions=[toks.shape[1] - 1], _fast=False)
         mine = fp.logits(toks, embed=pert, positions=[toks.shape[1] - 1])
-        return ref.shape == mine.shape and _close(ref, mine)
+        if ref.shape != mine.shape:
+            return f"logits of shape {tuple(mine.shape)} instead of {tuple(ref.shape)} on a replaced embedding"
+        why = _differ(ref, mine)
+        return why + " on a replaced embedding" if why else None
+
+
+def _differ(a: Tensor, b: Tensor) -> str | None:
+    """None when ``b`` reproduces ``a``, else how far off it is."""
+    if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
+        return "non-finite logits"
+    scale = max(1.0, float(a.abs().max()))
+    tol = 1e-4 if a.dtype in (torch.float32, torch.float64) else 2e-2
+    err = float((a.float() - b.float()).abs().max())
+    return None if err <= tol * scale else f"logits differ by up to {err:.3g} (tolerance {tol * scale:.3g})"
 
 
 def _close(a: Tensor, b: Tensor) -> bool:
-    if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
-        return False
-    scale = max(1.0, float(a.abs().max()))
-    tol = 1e-4 if a.dtype in (torch.float32, torch.float64) else 2e-2
-    return bool(((a.float() - b.float()).abs().max()) <= tol * scale)
+    return _differ(a, b) is None

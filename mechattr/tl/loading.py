@@ -11,13 +11,14 @@ import os
 import shutil
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 from .adapter import model_kind, tl_major
-from ..errors import ModelError, suggest
+from ..errors import ConfigWarning, ModelError, suggest
 
 DEFAULT_MODEL = "tiny-gpt2"
 _BUILTINS: dict[str, tuple[str, Callable[..., Any]]] = {}
@@ -416,11 +417,33 @@ def _tiny_gpt2(kind: str, device: str, dtype: torch.dtype) -> Any:
     return model
 
 
-def set_model_name(model: Any, name: str) -> None:
+def set_cfg_field(model: Any, field: str, value: Any, *, required: bool) -> None:
+    """Set ``model.cfg.<field>``. A config that refuses (frozen, read-only property) is not passed
+    over in silence: a ``required`` field (one the results depend on, such as the BOS policy)
+    raises :class:`ModelError`; a cosmetic one (the model's name) warns once with the reason."""
     try:
-        model.cfg.model_name = name
-    except Exception:  # pragma: no cover - frozen configs
-        pass
+        setattr(model.cfg, field, value)
+        ok = getattr(model.cfg, field) == value
+        reason = "the value did not stick" if not ok else ""
+    except Exception as e:
+        ok, reason = False, f"{type(e).__name__}: {e}"
+    if ok:
+        return
+    if required:
+        raise ModelError(
+            f"Could not set model.cfg.{field} = {value!r} ({reason}); mechattr needs it to run this "
+            "model as it was trained. Load the model with a config that allows it to be set."
+        )
+    warnings.warn(
+        f"Could not set model.cfg.{field} = {value!r} ({reason}); results are unaffected, only "
+        "labels that show this field differ.",
+        ConfigWarning,
+        stacklevel=3,
+    )
+
+
+def set_model_name(model: Any, name: str) -> None:
+    set_cfg_field(model, "model_name", name, required=False)
 
 
 def demo_model() -> str:

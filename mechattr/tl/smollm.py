@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from ..errors import ModelError
-from .loading import atomic_dir, builtin, cache_dir, from_local_dir, set_model_name
+from .loading import atomic_dir, builtin, cache_dir, from_local_dir, set_cfg_field, set_model_name
 
 NAME = "smollm2-135m"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -136,10 +136,7 @@ def checkpoint_dir() -> Path:
 def load_smollm2(kind: str, device: str, dtype: torch.dtype) -> Any:
     model = from_local_dir(checkpoint_dir(), kind, device, dtype)
     # Trained without BOS: keep the adapter (and TL's own to_tokens) from adding one.
-    try:
-        model.cfg.default_prepend_bos = False
-    except Exception:  # pragma: no cover - frozen configs
-        pass
+    set_cfg_field(model, "default_prepend_bos", False, required=True)
     set_model_name(model, NAME)
     return model
 

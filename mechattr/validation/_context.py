@@ -107,6 +107,9 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "roar_k": 1,
     "roar_config": None,
     "roar_method": None,
+    "roar_mode": "lite",  # or "sweep": ROAR and KAR over roar_fractions, roar_repeats retrainings each
+    "roar_fractions": (0.1, 0.3, 0.5, 0.7, 0.9),
+    "roar_repeats": 3,
     # Jain & Wallace attention checks
     "attention_layers": None,
     "n_permutations": 20,

@@ -12,7 +12,7 @@ import torch
 from ..tl.adapter import tl_version
 from ..errors import InputError, MechattrError, suggest
 from ..progress import progress
-from . import ablation, agreement, attention_checks, completeness, perturbation_curves, randomization, roar, zoo_checks
+from . import ablation, agreement, attention_checks, completeness, perturbation_curves, randomization, roar, roar_sweep, zoo_checks
 from ._context import VContext, check_options, method_specs, resolve_items
 from ._result import CheckResult
 from .report import ValidationReport
@@ -24,7 +24,7 @@ CHECKS: dict[str, Callable[[VContext], CheckResult]] = {
     "perturbation": perturbation_curves.run,
     "agreement": agreement.run,
     "ablation": ablation.run,
-    "roar": roar.run,
+    "roar": roar_sweep.run,
     "ground_truth": zoo_checks.run_ground_truth,
     # Jain & Wallace (2019): measurements of the model's attention, no pass/fail (attention_checks.py).
     "attention_correlation": attention_checks.run_correlation,
@@ -123,7 +123,9 @@ def validate(
             ``replacement`` ('auto': unk if distinct from BOS/EOS, else zero; 'delete', 'pad',
             'zero', 'mean', 'plausible'), ``ks`` ((1, 3, 5, 0.1, 0.2)), ``n_random`` (5),
             ``counts`` (token frequency table), ``margin`` (1.0), ``ablation_min_corr`` (0.0),
-            ``roar_task``, ``roar_k`` (1), ``roar_config`` (dict), ``method_params`` ({name:
+            ``roar_task``, ``roar_k`` (1), ``roar_config`` (dict), ``roar_mode`` ('lite', or
+            'sweep': ROAR and KAR over ``roar_fractions`` (0.1 ... 0.9) with ``roar_repeats`` (3)
+            retrainings per point, Hooker et al. 2019), ``method_params`` ({name:
             params}), ``memory_mb``, ``batch_size``, ``attribute_bos``, the attention checks'
             ``attention_layers`` (None: all), ``n_permutations`` (20), ``adversarial_epsilon``
             (0.01), ``adversarial_steps`` (60), ``adversarial_lr`` (0.1), and the target options

@@ -6,8 +6,16 @@
 - Area under each curve over the fraction removed (trapezoid), raw and normalised by the gap
   between the full and the empty input: (f_j - f_empty) / (f_full - f_empty).
 - AOPC (Samek et al. 2017): mean over j = 0..n of f(x) - f(x without its top-j tokens).
-- ERASER (DeYoung et al. 2020) at k: comprehensiveness f(x) - f(x \\ top-k) (higher is better)
-  and sufficiency f(x) - f(top-k only) (lower is better); k in tokens or as a fraction of them.
+- Comprehensiveness f(x) - f(x \\ top-k) (higher is better) and sufficiency f(x) - f(top-k only)
+  (lower is better) in two forms:
+  ``comprehensiveness@k`` / ``sufficiency@k`` (and their means ``comprehensiveness`` /
+  ``sufficiency``): in *target units* (what was attributed; log-prob by default) at the ``ks``
+  option (tokens or fractions of them) -- mechattr's variant;
+  ``eraser_comprehensiveness@b`` / ``eraser_sufficiency@b`` and their means over the bins: ERASER
+  as DeYoung et al. 2020 define it, in *probability* units (the target token's probability, from a
+  log_prob or prob target) at the paper's bins b = 1, 5, 10, 20, 50 % of the removable tokens
+  (ceil, at least one token), aggregated as the mean over the bins as the released scorer does.
+  Targets without a probability (logits, differences, probes, SAE features) leave them NaN.
 
 Every method is compared with ``n_random`` random orderings (mean ± std over seeds) and with a
 frequency heuristic that removes the rarest tokens first. Rarity comes from a supplied counts table
@@ -15,8 +23,13 @@ frequency heuristic that removes the rarest tokens first. Rarity comes from a su
 Llama/SmolLM) add tokens in merge order, so a larger id is a later, rarer merge — a proxy, not a
 corpus count. Special tokens are treated as the most frequent.
 
-Criterion: the method's deletion AOPC exceeds the random mean by ``margin`` random stds.
-All perturbed inputs of a prompt go through the model in batches.
+Two position-only controls stand beside them (:mod:`.controls`): ``position`` (a leave-one-out
+position prior from the other prompts' single-token ablation effects) and ``recency`` (latest
+tokens first).
+
+Criterion: the method's deletion AOPC exceeds the random mean by ``margin`` random stds *and*
+the AOPC of every control (frequency, position, recency): a method that ranks by position alone
+cannot pass. All perturbed inputs of a prompt go through the model in batches.
 """
 
 from __future__ import annotations
@@ -30,11 +43,24 @@ from torch import Tensor
 from ..errors import InputError
 from ..progress import progress
 from ._context import Item, VContext
+from .ablation import ablation_effects
+from .controls import CONTROLS, frequency_scores, position_prior_scores, recency_scores
 from ._replace import Remover
 from ._result import CheckResult, Verdict
 from .stats import nanmean, nanstd
 
 GRID = 11  # points of the fraction-removed axis the mean curves are resampled to
+ERASER_BINS = (0.01, 0.05, 0.1, 0.2, 0.5)  # DeYoung et al. 2020, section 4
+
+
+def probability_of(plan: Any) -> Any:
+    """Target value -> probability of the target token, or None when the target is no probability."""
+    kind = getattr(plan, "kind", None)
+    if kind == "log_prob":
+        return torch.exp
+    if kind == "prob":
+        return lambda v: v
+    return None
 
 
 def k_values(ks: Any, n: int) -> list[tuple[str, int]]:
@@ -45,21 +71,6 @@ def k_values(ks: Any, n: int) -> list[tuple[str, int]]:
         else:
             out.append((str(k), min(n, int(k))))
     return out
-
-
-def frequency_scores(token_ids: list[int], counts: Any, special: set[int]) -> Tensor:
-    """Higher = rarer. From ``counts`` ({id: count} or a tensor over the vocabulary) when given,
-    else the token id (BPE merge rank proxy)."""
-    if counts is None:
-        v = [float(t) for t in token_ids]
-    elif isinstance(counts, Tensor):
-        v = [-float(counts[t]) for t in token_ids]
-    elif isinstance(counts, dict):
-        v = [-float(counts.get(t, 0)) for t in token_ids]
-    else:
-        raise InputError("counts must be a dict {token_id: count} or a tensor of counts over the vocabulary.")
-    v = [(-math.inf if t in special else x) for t, x in zip(token_ids, v)]
-    return torch.tensor(v, dtype=torch.float64)
 
 
 def order_of(scores: Tensor, positions: list[int]) -> list[int]:
@@ -83,9 +94,11 @@ def resample(y: Tensor, grid: int = GRID) -> Tensor:
     return y[idx - 1] * (1 - w) + y[idx] * w
 
 
-def curve_metrics(dele: Tensor, ins: Tensor, ks: list[tuple[str, int]]) -> dict[str, float]:
+def curve_metrics(
+    dele: Tensor, ins: Tensor, ks: list[tuple[str, int]], prob: Any = None, eraser_ks: list[tuple[str, int]] | None = None
+) -> dict[str, float]:
     """Metrics of one ordering from its deletion and insertion curves (index j = tokens removed /
-    inserted, j = 0..n)."""
+    inserted, j = 0..n). ``prob`` maps target values to probabilities (ERASER units)."""
     f_full, f_empty = float(dele[0]), float(dele[-1])
     gap = f_full - f_empty
     out = {
@@ -108,6 +121,20 @@ def curve_metrics(dele: Tensor, ins: Tensor, ks: list[tuple[str, int]]) -> dict[
         suff.append(s)
     out["comprehensiveness"] = sum(comp) / len(comp)
     out["sufficiency"] = sum(suff) / len(suff)
+    if eraser_ks is None:
+        eraser_ks = k_values(ERASER_BINS, dele.shape[0] - 1)
+    pd = prob(dele.double()) if prob is not None else None
+    pi = prob(ins.double()) if prob is not None else None
+    comp, suff = [], []
+    for name, k in eraser_ks:
+        c = float(pd[0] - pd[k]) if pd is not None else float("nan")
+        s = float(pd[0] - pi[k]) if pd is not None else float("nan")
+        out[f"eraser_comprehensiveness@{name}"] = c
+        out[f"eraser_sufficiency@{name}"] = s
+        comp.append(c)
+        suff.append(s)
+    out["eraser_comprehensiveness"] = sum(comp) / len(comp)
+    out["eraser_sufficiency"] = sum(suff) / len(suff)
     return out
 
 
@@ -128,6 +155,13 @@ def curves_for_orders(remover: Remover, orders: list[list[int]], removable: list
     return vals[:, 0], vals[:, 1]
 
 
+def deletion_bars(summary: dict[str, dict[str, float]], margin: float) -> dict[str, float]:
+    """The AOPC a method must exceed, per control: random mean + ``margin`` random stds, and the
+    AOPC of each content-blind control. A PASS exceeds all of them."""
+    mu, sd = summary["random"]["aopc"], summary["random ± std"]["aopc"]
+    return {"random": mu + margin * sd, **{c: summary[c]["aopc"] for c in CONTROLS}}
+
+
 def run(vc: VContext) -> CheckResult:
     res = CheckResult("perturbation")
     o = vc.options
@@ -137,16 +171,23 @@ def run(vc: VContext) -> CheckResult:
         f"replacement={o['replacement']!r}; {n_random} random orderings; frequency heuristic from "
         + ("the supplied counts table" if counts is not None else "token ids (BPE merge-rank proxy)")
     )
+    res.notes.append(
+        "comprehensiveness/sufficiency@k: target units at ks; eraser_*: probability units at bins "
+        "1/5/10/20/50 % (DeYoung et al. 2020)"
+        + ("" if probability_of(vc.items[0].plan) is not None else " -- NaN here: the target is not a log-prob or probability")
+    )
     special = {
         int(t) for t in (vc.adapter.special_token_id(s) for s in ("bos", "eos", "pad", "unk")) if t is not None
     }
     labels = [m.label for m in vc.methods]
+    controls = list(CONTROLS)
     # per (order label) per prompt/row: metrics; random: per seed
-    per: dict[str, list[dict[str, float]]] = {lab: [] for lab in labels + ["frequency"]}
+    per: dict[str, list[dict[str, float]]] = {lab: [] for lab in labels + controls}
     per_random: list[list[dict[str, float]]] = [[] for _ in range(n_random)]
     mean_curves: dict[str, dict[str, list[Tensor]]] = {
-        lab: {"deletion": [], "insertion": []} for lab in labels + ["frequency", "random"]
+        lab: {"deletion": [], "insertion": []} for lab in labels + controls + ["random"]
     }
+    effects = {item.index: ablation_effects(vc, item) for item in vc.items}  # for the position prior
     for item in progress(vc.items, desc="perturbation curves (prompts)", quiet=vc.quiet):
         remover = Remover(
             vc.adapter, item.plan, item.fixed, o["replacement"], seed=vc.seed + 31 * item.index,
@@ -157,21 +198,28 @@ def run(vc: VContext) -> CheckResult:
         if n < 1:
             raise InputError(f"Prompt {item.index} has no removable tokens for replacement={o['replacement']!r}.")
         ks = k_values(o["ks"], n)
+        eks = k_values(ERASER_BINS, n)
+        prob = probability_of(item.plan)
         g = torch.Generator(device="cpu").manual_seed(vc.seed * 7907 + item.index)
         rand_orders = [[removable[i] for i in torch.randperm(n, generator=g).tolist()] for _ in range(n_random)]
         freq = frequency_scores(item.plan.tokens[0].tolist(), counts, special)
-        freq_order = order_of(freq, removable)
+        n_pos = int(item.plan.tokens.shape[1])
+        control_orders = [
+            order_of(freq, removable),
+            order_of(position_prior_scores(effects, item.index, n_pos), removable),
+            order_of(recency_scores(n_pos), removable),
+        ]
         method_orders = []
         score_maps = {m.label: vc.scores(item, m) for m in vc.methods}
         rows = item.plan.n_rows
         for r in range(rows):
             for m in vc.methods:
                 method_orders.append(order_of(score_maps[m.label][r], removable))
-        orders = method_orders + [freq_order] + rand_orders
+        orders = method_orders + control_orders + rand_orders
         dele, ins = curves_for_orders(remover, orders, removable)
         for r in range(rows):
             def record(label: str, oi: int, sink: list[dict[str, float]], curve_key: str | None) -> None:
-                met = curve_metrics(dele[oi, r], ins[oi, r], ks)
+                met = curve_metrics(dele[oi, r], ins[oi, r], ks, prob, eks)
                 sink.append(met)
                 if curve_key:
                     mean_curves[curve_key]["deletion"].append(resample(dele[oi, r] - dele[oi, r, 0]))
@@ -182,9 +230,11 @@ def run(vc: VContext) -> CheckResult:
             for mi, m in enumerate(vc.methods):
                 record(m.label, r * len(vc.methods) + mi, per[m.label], m.label)
             base = rows * len(vc.methods)
-            record("frequency", base, per["frequency"], "frequency")
+            for ci, c in enumerate(controls):
+                record(c, base + ci, per[c], c)
+            base += len(controls) - 1
             for s in range(n_random):
-                met = curve_metrics(dele[base + 1 + s, r], ins[base + 1 + s, r], ks)
+                met = curve_metrics(dele[base + 1 + s, r], ins[base + 1 + s, r], ks, prob, eks)
                 per_random[s].append(met)
                 mean_curves["random"]["deletion"].append(resample(dele[base + 1 + s, r] - dele[base + 1 + s, r, 0]))
                 mean_curves["random"]["insertion"].append(resample(ins[base + 1 + s, r] - dele[base + 1 + s, r, 0]))
@@ -203,15 +253,19 @@ def run(vc: VContext) -> CheckResult:
             res.add(lab, "mean_" + name, v)
     margin = float(o["margin"])
     mu, sd = summary["random"]["aopc"], summary["random ± std"]["aopc"]
+    bars = deletion_bars(summary, margin)
+    bar = max(v for v in bars.values() if v == v)
     for m in vc.methods:
         a = summary[m.label]["aopc"]
         z = (a - mu) / sd if sd > 0 else (math.inf if a > mu else -math.inf if a < mu else 0.0)
+        beaten = [c for c, v in bars.items() if not (a > v)]
         res.verdicts[m.label] = Verdict(
             a,
-            bool(a > mu + margin * sd),
-            mu + margin * sd,
-            f"deletion AOPC > random mean + {margin}·std ({mu:.4g} ± {sd:.4g})",
-            f"z = {z:.2f}; frequency heuristic AOPC {summary['frequency']['aopc']:.4g}",
+            bool(a > bar),
+            bar,
+            f"deletion AOPC > random mean + {margin}·std ({mu:.4g} ± {sd:.4g}) and > every control "
+            f"(frequency {bars['frequency']:.4g}, position {bars['position']:.4g}, recency {bars['recency']:.4g})",
+            f"z = {z:.2f}" + (f"; not above: {', '.join(beaten)}" if beaten else ""),
         )
     res.data["summary"] = summary
     res.data["mean_curves"] = {

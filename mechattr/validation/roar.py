@@ -7,6 +7,10 @@ replaced by ``<unk>``, a fresh model is trained from scratch on the masked train
 evaluated on the equally masked test set. The same with k random tokens is the reference. A
 method that finds the tokens carrying the answer makes the task harder than random masking does.
 
+The full protocol of Hooker et al. (ROAR and KAR swept over 10-90 % of the tokens, each point
+retrained several times) is ``roar_mode="sweep"`` (:mod:`.roar_sweep`); this lite version stays the
+fast default.
+
 "Lite": the zoo's own training (:func:`mechattr.zoo.train.train` with the task's
 ``TASK_CONFIGS`` entry) on a fixed set of a few hundred examples, narrower and shorter
 (``ROAR_OVERRIDES``), so one retraining takes seconds on a CPU. Every retraining starts from the
@@ -185,17 +189,20 @@ def _method_positions(vc: VContext, m: MethodSpec, items: list[tuple[Item, int]]
 
 
 def run(vc: VContext) -> CheckResult:
+    """ROAR-lite. ``roar_mode="sweep"`` is dispatched by :func:`mechattr.validation.roar_sweep.run`
+    (the check registered as ``roar``), which builds on this module."""
+    mode = vc.options.get("roar_mode", "lite")
+    if mode != "lite":
+        raise InputError(f"roar_mode is 'lite' (the fast default) or 'sweep' (ROAR and KAR over fractions), got {mode!r}.")
     with _one_thread():
         return _run(vc)
 
 
-def _run(vc: VContext) -> CheckResult:
-    res = CheckResult("roar")
-    zt, ztr = _zoo()
-    task = zt.get_task(task_name(vc))
-    rc, tc, cache = configs(task.name, vc.options["roar_config"], vc.seed)
-    quiet = bool(getattr(vc, "quiet", False))
-    k = int(vc.options["roar_k"])
+def encoded_items(vc: VContext, task: Any, rc: RoarConfig, tc: Any) -> tuple[Tensor, Tensor, Tensor, list, int]:
+    """The ROAR data set encoded for training (tokens, last positions, answers), its examples as
+    validation items paired with their offset into the encoded rows, and the number of training
+    examples (the first rows; the rest is the test set)."""
+    _, ztr = _zoo()
     train_ex = task.examples(rc.n_train, seed=60_000 + rc.data_seed)
     test_ex = task.examples(rc.n_test, seed=70_000 + rc.data_seed)
     examples = train_ex + test_ex
@@ -216,7 +223,17 @@ def _run(vc: VContext) -> CheckResult:
         if adapter.prepend_bos:
             fixed[0] = True
         items.append((Item(i, prompt, plan, fixed), off))
-    n_tr = len(train_ex)
+    return toks, last, ans, items, len(train_ex)
+
+
+def _run(vc: VContext) -> CheckResult:
+    res = CheckResult("roar")
+    zt, ztr = _zoo()
+    task = zt.get_task(task_name(vc))
+    rc, tc, cache = configs(task.name, vc.options["roar_config"], vc.seed)
+    quiet = bool(getattr(vc, "quiet", False))
+    k = int(vc.options["roar_k"])
+    toks, last, ans, items, n_tr = encoded_items(vc, task, rc, tc)
 
     def split(masked: Tensor) -> tuple[tuple, tuple]:
         return (masked[:n_tr], last[:n_tr], ans[:n_tr]), (masked[n_tr:], last[n_tr:], ans[n_tr:])

@@ -96,10 +96,7 @@ def run_ground_truth(vc: VContext) -> CheckResult:
     n = int(vc.options["ground_truth_n"])
     res.notes.append(f"zoo task {task}, {n} examples, seed {vc.seed} (mechattr.groundtruth.score)")
     for m in progress(vc.methods, desc="ground truth (methods)", quiet=vc.quiet):
-        if m.name is None:
-            res.verdicts[m.label] = Verdict(None, None, None, "", "ground truth scores registered methods only")
-            continue
-        out = groundtruth.score(vc.model, m.name, task, n=n, seed=vc.seed, params=dict(m.params))
+        out = groundtruth.score(vc.model, m.name if m.fn is None else m.fn, task, n=n, seed=vc.seed, params=dict(m.params))
         for k in ("top1", "mrr", "mass", "random_top1", "random_mrr", "random_mass"):
             res.add(m.label, k, float(out[k]))
         res.verdicts[m.label] = Verdict(

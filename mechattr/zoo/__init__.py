@@ -20,7 +20,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ..errors import InputError, ModelError
-from ..tl.loading import builtin, from_local_dir, set_model_name, unknown_name_hint
+from ..tl.loading import builtin, from_local_dir, set_cfg_field, set_model_name, unknown_name_hint
 from .tasks import TASKS, Example, Task, get_task, token_positions
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -57,10 +57,7 @@ def _loader(dirname: str):
     def load(kind: str, device: str, dtype: torch.dtype) -> Any:
         model = from_local_dir(model_dir(dirname), kind, device, dtype)
         # The zoo models were trained with BOS at position 0.
-        try:
-            model.cfg.default_prepend_bos = True
-        except Exception:  # pragma: no cover
-            pass
+        set_cfg_field(model, "default_prepend_bos", True, required=True)
         set_model_name(model, f"zoo:{dirname}")
         return model
 
