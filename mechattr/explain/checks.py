@@ -1,0 +1,105 @@
+"""The checks ``explain`` runs on the one prompt it explains, and the rule that decides which
+methods it trusts there.
+
+Deletion curves (remove the method's top tokens first and watch the target fall) are compared with
+four controls that need no model insight: ``random`` orderings (mean and std over seeds),
+``frequency`` (rarest token first), ``position`` (earliest token first) and ``recency`` (latest
+token first — the one closest to the prediction). Random and frequency come from
+:func:`mechattr.validate`; position and recency are computed here with the same removal machinery
+until the validation module offers them by name (then :func:`control_orders` goes away).
+
+**Trust rule.** A method is *trusted on this prompt* when
+
+1. its deletion AOPC beats every control: it exceeds the random mean by ``margin`` random stds,
+   and is strictly higher than the frequency, position and recency AOPCs; and
+2. its token scores agree with single-token ablation: Spearman(score, deletion effect of the
+   token alone) ≥ ``min_ablation_corr`` (default 0.5).
+
+Occlusion *is* single-token ablation (with the same replacement), so it meets condition 2 by
+construction; its trust rests on condition 1.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..validation._replace import Remover
+from ..validation.perturbation_curves import curve_metrics, curves_for_orders, k_values, resample
+
+CONTROLS = ("random", "frequency", "position", "recency")
+
+
+@dataclass
+class Trust:
+    """The trust rule's inputs and outcome for one method."""
+
+    trusted: bool
+    deletion_aopc: float
+    controls: dict[str, float]  # control -> the AOPC the method must beat (random: mean + margin·std)
+    beats: dict[str, bool]
+    ablation_spearman: float
+    agrees_with_ablation: bool
+    reason: str
+    notes: list[str] = field(default_factory=list)
+
+
+def trust_rule(
+    aopc: float,
+    random_mean: float,
+    random_std: float,
+    others: dict[str, float],
+    ablation_spearman: float,
+    *,
+    margin: float = 1.0,
+    min_ablation_corr: float = 0.5,
+) -> Trust:
+    """Apply the trust rule (module docstring) to one method's numbers."""
+    bar = {"random": random_mean + margin * random_std, **others}
+    beats = {c: bool(aopc == aopc and v == v and aopc > v) for c, v in bar.items()}
+    agrees = bool(ablation_spearman == ablation_spearman and ablation_spearman >= min_ablation_corr)
+    trusted = all(beats.values()) and agrees
+    lost = [c for c, ok in beats.items() if not ok]
+    parts = []
+    if lost:
+        parts.append("deletion does not beat the " + ", ".join(lost) + " control" + ("s" if len(lost) > 1 else ""))
+    else:
+        parts.append("deletion beats every control")
+    if math.isnan(ablation_spearman):
+        parts.append("agreement with single-token ablation undefined")
+    else:
+        parts.append(
+            f"{'agrees' if agrees else 'does not agree'} with single-token ablation "
+            f"(Spearman {ablation_spearman:+.2f} {'≥' if agrees else '<'} {min_ablation_corr:g})"
+        )
+    return Trust(trusted, float(aopc), bar, beats, float(ablation_spearman), agrees, "; ".join(parts))
+
+
+def control_orders(removable: list[int]) -> dict[str, list[int]]:
+    """Position (earliest first) and recency (latest first) orderings of the removable positions."""
+    return {"position": sorted(removable), "recency": sorted(removable, reverse=True)}
+
+
+def positional_controls(
+    adapter: Any, plan: Any, fixed: torch.Tensor, replacement: str, seed: int, ks: Any,
+    memory_mb: float = 2048.0, batch_size: int | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Deletion metrics and curves of the position and recency controls on one prompt, removed the
+    way :func:`mechattr.validate` removes tokens (same replacement and seed)."""
+    remover = Remover(adapter, plan, fixed, replacement, seed=seed, memory_mb=memory_mb, batch_size=batch_size)
+    removable = torch.nonzero(remover.removable.cpu())[:, 0].tolist()
+    orders = control_orders(removable)
+    dele, ins = curves_for_orders(remover, list(orders.values()), removable)
+    kk = k_values(ks, len(removable))
+    out = {}
+    for i, name in enumerate(orders):
+        d, n = dele[i, 0], ins[i, 0]
+        out[name] = {
+            "metrics": curve_metrics(d, n, kk),
+            "deletion": resample(d - d[0]).tolist(),
+            "insertion": resample(n - d[0]).tolist(),
+        }
+    return out

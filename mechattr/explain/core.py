@@ -1,0 +1,510 @@
+"""``ma.explain``: the answer first — which tokens matter, how sure we are, and which heads carry it.
+
+>>> ex = ma.explain(model, "The capital of France is", " Paris", counterfactual="The capital of Italy is")
+>>> print(ex.summary()); ex.to_html("paris.html"); ex.to_dataframe()
+
+One call runs a budget's methods (:mod:`.methods`), checks each on this very prompt against the
+deletion controls and single-token ablation (:mod:`.checks`, where the trust rule is stated),
+decides which tokens matter and whether the trusted methods agree (:mod:`.verdict`), links the
+answer to attention heads (token × head map; with a counterfactual prompt, attribution patching
+between the two), and returns an :class:`Explanation` that holds all of it as data.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import InputError, MechattrError
+from ..registry import MethodOutput
+from .checks import CONTROLS, Trust, positional_controls, trust_rule
+from .methods import MethodChoice, select_methods, user_methods
+from .verdict import Verdict, decide
+
+
+@dataclass
+class MethodResult:
+    label: str
+    method: str
+    scores: list[float]  # [pos] token scores for the target (final layer, heads summed)
+    trust: Trust | None
+    why: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    by_layer: list[list[float]] | None = None  # [layer, pos] for layered methods
+
+
+@dataclass
+class Explanation:
+    """Everything :func:`explain` found, as data. Views: :meth:`summary`, :meth:`to_dataframe`,
+    :meth:`to_dict` / :meth:`to_json`, :meth:`to_html`, :meth:`show`."""
+
+    model_name: str
+    prompt: str
+    tokens: list[str]
+    free: list[int]
+    target: str
+    target_description: str
+    unit: str
+    prediction: dict[str, Any]
+    budget: str
+    replacement: str
+    methods: list[MethodResult]
+    verdict: Verdict
+    matter: list[dict[str, Any]]  # tokens that matter: position, token, consensus, deletion effect
+    deletion_effects: list[float | None]  # [pos] f(x) - f(x without the token); None where not removable
+    controls: dict[str, dict[str, Any]]  # control -> {"aopc": ..., "curve": [...]}
+    curves: dict[str, list[float]]  # method label -> mean deletion curve (change in the target)
+    agreement: dict[str, Any]  # {"labels": [...], "spearman": [[...]]}
+    heads: dict[str, Any]  # token × head map and the heads that carry the answer
+    counterfactual: dict[str, Any] | None
+    rule: dict[str, Any]
+    params: dict[str, Any]
+    diagnostics: dict[str, Any]
+
+    # -- views -------------------------------------------------------------------------------
+    @property
+    def trusted(self) -> list[str]:
+        return [m.label for m in self.methods if m.trust is not None and m.trust.trusted]
+
+    def top_heads(self) -> list[dict[str, Any]]:
+        return list(self.heads.get("carry", []))
+
+    def summary(self) -> str:
+        p = self.prediction
+        lines = [
+            f"{self.model_name}: {self.prompt!r} -> {self.target!r}"
+            + (f" (p = {p['prob']:.3g})" if p.get("prob") is not None else ""),
+            f"verdict: {self.verdict.text}",
+        ]
+        for t in self.matter:
+            eff = t["deletion_effect"]
+            lines.append(
+                f"  {t['token']!r}: deleting it changes the target by "
+                + ("n/a" if eff is None else f"{-eff:+.2f} {self.unit}")
+            )
+        for m in self.methods:
+            if m.error:
+                lines.append(f"  {m.label}: not run ({m.error})")
+            elif m.trust is not None:
+                lines.append(f"  {m.label}: {'TRUSTED' if m.trust.trusted else 'not trusted'} — {m.trust.reason}")
+        if self.heads.get("carry"):
+            lines.append(
+                f"heads ({self.heads['source']}): "
+                + ", ".join(f"L{h['layer']}H{h['head']} {h['score']:+.3g}" for h in self.heads["carry"])
+            )
+        return "\n".join(lines)
+
+    def to_dataframe(self) -> Any:
+        """One row per (method, token): score, trust, and the token's single-token deletion effect."""
+        import pandas as pd
+
+        rows = []
+        for m in self.methods:
+            if m.error:
+                continue
+            for i, tok in enumerate(self.tokens):
+                rows.append({
+                    "method": m.label, "position": i, "token": tok, "score": m.scores[i],
+                    "trusted": bool(m.trust and m.trust.trusted),
+                    "deletion_effect": self.deletion_effects[i],
+                    "matters": any(t["position"] == i for t in self.matter),
+                })
+        return pd.DataFrame.from_records(rows)
+
+    def to_dict(self) -> dict[str, Any]:
+        import dataclasses
+
+        return json.loads(json.dumps(dataclasses.asdict(self), default=_jsonable))
+
+    def to_json(self, path: str | os.PathLike | None = None, indent: int | None = 2) -> str:
+        text = json.dumps(self.to_dict(), indent=indent)
+        if path is not None:
+            from ..attribution import _atomic_write
+
+            _atomic_write(Path(path), text.encode("utf-8"))
+        return text
+
+    def to_html(self, path: str | os.PathLike | None = None) -> str:
+        from .page import render_page
+
+        text = render_page(self)
+        if path is not None:
+            from ..attribution import _atomic_write
+
+            _atomic_write(Path(path), text.encode("utf-8"))
+        return text
+
+    def show(self) -> Any:
+        """The page in a notebook (an IPython HTML object), else the summary printed."""
+        try:
+            from IPython.display import HTML
+        except ImportError:
+            print(self.summary())
+            return None
+        import html as _h
+
+        page = self.to_html()
+        return HTML(f'<iframe style="width:100%;height:900px;border:0" srcdoc="{_h.escape(page)}"></iframe>')
+
+    def _repr_html_(self) -> str:  # pragma: no cover - notebooks
+        return self.show().data
+
+    def __repr__(self) -> str:
+        return f"<Explanation {self.prompt!r} -> {self.target!r}: {self.verdict.status}; trusted {self.trusted}>"
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.tolist()
+    if isinstance(x, float) and math.isnan(x):
+        return None
+    return str(x)
+
+
+def _unit(plan: Any) -> str:
+    kind = getattr(plan, "kind", None)
+    if kind in ("log_prob", "logit_diff", "log_prob_diff"):
+        return "nats"
+    if kind in ("prob", "prob_diff"):
+        return "probability"
+    if kind == "logit":
+        return "logit"
+    return "target units"
+
+
+def _prediction(adapter: Any, plan: Any) -> dict[str, Any]:
+    from ..targets import LogitPlan
+
+    with torch.no_grad():
+        value = float(plan.evaluate(adapter, plan.tokens)[0, 0])
+    out: dict[str, Any] = {"value": value, "kind": getattr(plan, "kind", None)}
+    if not isinstance(plan, LogitPlan):
+        return out
+    pos = plan.positions[0]
+    with torch.no_grad():
+        logp = torch.log_softmax(adapter.logits(plan.tokens, positions=[pos])[0, 0].double(), -1)
+    top = int(logp.argmax())
+    tid = plan.token_ids[0]
+    out.update({
+        "position": pos,
+        "prob": None if tid is None else float(logp[tid].exp()),
+        "top_token": adapter.str_tokens([top])[0],
+        "top_prob": float(logp[top].exp()),
+    })
+    foil = plan.foil_ids[0]
+    if foil is not None:
+        out["foil"] = adapter.str_tokens([foil])[0]
+        out["foil_prob"] = float(logp[foil].exp())
+    return out
+
+
+def _precomputed(res: Any):
+    def fn(ctx: Any) -> MethodOutput:
+        return MethodOutput(res.scores.clone(), dims=tuple(res.dims), params=dict(res.params))
+
+    return fn
+
+
+def explain(
+    model: Any,
+    text: str,
+    target: Any = None,
+    *,
+    contrast: Any = None,
+    counterfactual: str | None = None,
+    budget: str = "fast",
+    methods: Any = None,
+    top_k: int = 2,
+    kind: str | None = None,
+    replacement: str | None = None,
+    margin: float = 1.0,
+    min_ablation_corr: float = 0.5,
+    n_random: int = 5,
+    n_heads: int = 5,
+    seed: int = 0,
+    quiet: bool = True,
+) -> Explanation:
+    """Explain one prediction: which input tokens matter, which methods can be trusted on this
+    prompt, whether they agree, and which attention heads carry it.
+
+    Args:
+        model: a loaded TransformerLens model (left as it came).
+        text: the prompt.
+        target: the next token to explain (``None``: the model's own prediction), or any single-row
+            target :func:`mechattr.attribute` accepts (a probe, an SAE feature, a function).
+        contrast: a foil token: explain target vs foil (logit difference).
+        counterfactual: a prompt of the same token length that changes the answer (France → Italy);
+            the heads that carry the difference come from attribution patching between the two.
+        budget: ``"fast"`` (input × gradient, occlusion, modified-backward methods when registered)
+            or ``"thorough"`` (adds integrated gradients with a baseline-sensitivity check, SHAP,
+            attention rollout and flow). See :mod:`mechattr.explain.methods`.
+        methods: run these instead of the budget's set: names, ``(name, params)`` or ``(label,
+            callable)`` pairs (callables as for :func:`mechattr.validate`).
+        top_k: how many tokens the answer names at most.
+        kind: the target kind (``log_prob`` default; ``logit_diff`` for contrasts ...).
+        replacement: how a token is removed in the checks and the perturbation methods
+            (default ``"delete"`` for next-token targets — the token is cut out of the prompt —
+            else the validation default).
+        margin, min_ablation_corr: the trust rule's thresholds (:mod:`mechattr.explain.checks`).
+        n_random: random orderings for the random control.
+        n_heads: how many heads the card names.
+        seed: every random choice.
+        quiet: no progress output.
+    """
+    from ..api import _fixed_positions, resolve, run_method
+    from ..targets import LogitPlan
+    from ..tl.adapter import as_adapter, tl_version
+    from ..validation import validate
+
+    if not isinstance(text, str):
+        raise InputError("explain() explains one prompt: give text as a single string.")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise InputError(f"top_k must be a positive integer, got {top_k!r}.")
+    if counterfactual is not None and not isinstance(counterfactual, str):
+        raise InputError("counterfactual is a prompt (a string) of the same token length as text.")
+    t_start = time.perf_counter()
+    adapter = as_adapter(model)
+    with adapter.guard():
+        adapter, plan, prompt = resolve(adapter, text, target, contrast=contrast, kind=kind)
+        if plan.n_rows != 1:
+            raise InputError(
+                f"explain() explains one target; this one has {plan.n_rows} rows {plan.labels}. "
+                "Give a single next token (or one probe class), or use ma.report for several."
+            )
+        if replacement is None:
+            replacement = "delete" if isinstance(plan, LogitPlan) and min(plan.positions) >= 3 else "auto"
+        fixed = _fixed_positions(adapter, plan.tokens, False)
+        removable = ~fixed
+        if replacement == "delete":
+            removable[min(plan.positions):] = False
+        free = torch.nonzero(removable.cpu())[:, 0].tolist()
+        if len(free) < 2:
+            raise InputError(
+                f"The prompt has {len(free)} token(s) that can be removed before the prediction; "
+                "explain() needs at least 2 to rank them. Give a longer prompt."
+            )
+        choices = user_methods(methods) if methods is not None else select_methods(budget, len(free), replacement)
+        tokens = adapter.str_tokens(plan.tokens)
+        pred = _prediction(adapter, plan)
+
+        # 1. the methods
+        results: dict[str, Any] = {}
+        mres: list[MethodResult] = []
+        for c in choices:
+            try:
+                if c.fn is None:
+                    res = run_method(adapter, plan, c.name, dict(c.params), seed=seed, quiet=quiet, prompt=prompt)
+                else:
+                    res = _run_callable(adapter, plan, c, fixed, seed, prompt)
+            except MechattrError as e:
+                mres.append(MethodResult(c.label, c.name or c.label, [], None, c.why, dict(c.params), error=str(e)))
+                continue
+            results[c.label] = res
+            by_layer = None
+            if "layer" in res.dims:
+                from ..display import collapse
+
+                by_layer = collapse(res.scores, res.dims, keep=("layer", "target", "src"))[:, 0].tolist()
+            diag = {k: v for k, v in res.diagnostics.items() if isinstance(v, (int, float, str, bool)) or v is None}
+            mres.append(MethodResult(
+                c.label, res.method, res.token_scores(0).double().tolist(), None, c.why, dict(res.params), diag,
+                by_layer=by_layer,
+            ))
+        if not results:
+            raise MechattrError("Every method failed on this prompt: " + "; ".join(f"{m.label}: {m.error}" for m in mres))
+
+        # 2. the checks, through the validation API, on the results just computed
+        labels = list(results)
+        rep = validate(
+            adapter, text, target, methods=[(lab, _precomputed(results[lab])) for lab in labels],
+            checks=["perturbation", "ablation", "agreement"], seed=seed, quiet=True,
+            replacement=replacement, n_random=n_random, margin=margin, ablation_min_corr=min_ablation_corr,
+            contrast=contrast, kind=kind,
+        )
+        pert, abl, agr = rep.checks["perturbation"], rep.checks["ablation"], rep.checks["agreement"]
+        summ = pert.data["summary"]
+        extra = positional_controls(adapter, plan, fixed, replacement, seed, (1, 3, 5, 0.1, 0.2))
+        controls = {
+            "random": {"aopc": summ["random"]["aopc"], "std": summ["random ± std"]["aopc"],
+                       "curve": pert.data["mean_curves"]["random"]["deletion"]},
+            "frequency": {"aopc": summ["frequency"]["aopc"], "curve": pert.data["mean_curves"]["frequency"]["deletion"]},
+            **{k: {"aopc": v["metrics"]["aopc"], "curve": v["deletion"]} for k, v in extra.items()},
+        }
+        spear = {r["method"]: r["value"] for r in abl.records if r["metric"] == "mean_spearman"}
+        effects: list[float | None] = [None] * len(tokens)
+        for r in abl.records:
+            if r["method"] == "ablation" and r["metric"] == "effect":
+                effects[r["position"]] = r["value"]
+        for m in mres:
+            if m.label not in results:
+                continue
+            m.trust = trust_rule(
+                summ[m.label]["aopc"], controls["random"]["aopc"], controls["random"]["std"],
+                {c: controls[c]["aopc"] for c in CONTROLS if c != "random"}, spear.get(m.label, float("nan")),
+                margin=margin, min_ablation_corr=min_ablation_corr,
+            )
+        curves = {lab: pert.data["mean_curves"][lab]["deletion"] for lab in labels}
+
+        # 3. the answer
+        trusted = {m.label: torch.tensor(m.scores) for m in mres if m.trust is not None and m.trust.trusted}
+        verdict = decide(trusted, tokens, free, top_k, len(results))
+        from .verdict import consensus
+
+        cons = consensus(trusted, free) if trusted else torch.zeros(len(tokens), dtype=torch.float64)
+        matter = [
+            {"position": p, "token": tokens[p], "consensus": float(cons[p]), "deletion_effect": effects[p]}
+            for p in verdict.tokens
+        ]
+
+        # 4. link to the model
+        heads = _head_map(adapter, plan, prompt, [t["position"] for t in matter] or _top_effects(effects, top_k), n_heads, seed)
+        cf = None
+        if counterfactual is not None:
+            cf = _counterfactual(adapter, text, counterfactual, target, contrast, kind, n_heads)
+            heads["carry"], heads["source"] = cf["heads"], cf["source"]
+
+        vmeta = dict(rep.meta)
+    p = {
+        "budget": budget, "methods": {m.label: {"method": m.method, "params": m.params, "why": m.why} for m in mres},
+        "replacement": replacement, "top_k": top_k, "margin": margin, "min_ablation_corr": min_ablation_corr,
+        "n_random": n_random, "seed": seed, "contrast": contrast, "kind": kind, "counterfactual": counterfactual,
+        "transformer_lens": tl_version(), "torch": torch.__version__, "python": platform.python_version(),
+    }
+    diag = {
+        "seconds": round(time.perf_counter() - t_start, 3),
+        "seconds per method": {m.label: round(float(m.diagnostics.get("seconds", 0.0)), 3) for m in mres},
+        "validation seconds": vmeta.get("seconds"),
+        "position/recency controls": "computed in mechattr.explain.checks (not yet offered by mechattr.validate)",
+        "failed methods": {m.label: m.error for m in mres if m.error},
+    }
+    agreement = {"labels": agr.data["labels"], "spearman": agr.data["matrices"]["spearman"]}
+    if budget == "thorough" and "integrated_gradients" in results and methods is None:
+        diag["baseline sensitivity"] = _baseline_sensitivity(adapter, plan, results["integrated_gradients"], seed, prompt, model, text, target, contrast)
+    return Explanation(
+        model_name=adapter.name, prompt=text, tokens=tokens, free=free, target=plan.labels[0],
+        target_description=plan.description, unit=_unit(plan), prediction=pred, budget=budget,
+        replacement=replacement, methods=mres, verdict=verdict, matter=matter, deletion_effects=effects,
+        controls=controls, curves=curves, agreement=agreement, heads=heads, counterfactual=cf,
+        rule={"margin": margin, "min_ablation_corr": min_ablation_corr, "controls": list(CONTROLS),
+              "text": RULE_TEXT.format(margin=margin, corr=min_ablation_corr)},
+        params=p, diagnostics=diag,
+    )
+
+
+RULE_TEXT = (
+    "A method is trusted on this prompt when (1) deleting tokens in its order lowers the target faster "
+    "than every control — its deletion AOPC exceeds the random orderings' mean by {margin:g} std and is "
+    "higher than the frequency (rarest first), position (earliest first) and recency (latest first) "
+    "orderings — and (2) its scores agree with single-token deletion (Spearman ≥ {corr:g})."
+)
+
+
+def _run_callable(adapter: Any, plan: Any, c: MethodChoice, fixed: Any, seed: int, prompt: str | None) -> Any:
+    from ..attribution import Attribution
+    from ..errors import MethodError
+    from ..methods._common import Context
+
+    ctx = Context(adapter=adapter, plan=plan, memory_mb=2048.0, batch_size=None, seed=seed, fixed=fixed, quiet=True)
+    t0 = time.perf_counter()
+    out = c.fn(ctx)
+    if not isinstance(out, MethodOutput):
+        raise MethodError(f"The method {c.label!r} must return a mechattr MethodOutput, got {type(out).__name__}.")
+    return Attribution(
+        tokens=adapter.str_tokens(plan.tokens), token_ids=plan.tokens[0].tolist(), targets=list(plan.labels),
+        target_positions=list(plan.positions), scores=out.scores.detach().cpu().float(), dims=tuple(out.dims),
+        method=c.label, params=dict(out.params), diagnostics={**out.diagnostics, "seconds": time.perf_counter() - t0},
+        prompt=prompt, model_name=adapter.name,
+    )
+
+
+def _top_effects(effects: list[float | None], k: int) -> list[int]:
+    cand = [(e, p) for p, e in enumerate(effects) if e is not None]
+    return [p for e, p in sorted(cand, key=lambda x: (-x[0], x[1]))[:k]]
+
+
+def _head_map(adapter: Any, plan: Any, prompt: str | None, positions: list[int], n_heads: int, seed: int) -> dict[str, Any]:
+    """Token × head contributions (gradient mode) for the given token positions, and per layer."""
+    from ..api import run_method
+
+    try:
+        res = run_method(adapter, plan, "token_head", {"mode": "gradient"}, attribute_bos=True, seed=seed, prompt=prompt)
+    except MechattrError as e:
+        return {"error": str(e), "carry": [], "source": "token × head map"}
+    s = res.scores[:, :, 0]  # layer head src
+    per_token = {int(p): s[:, :, p].tolist() for p in positions}
+    tot = s[:, :, positions].sum(-1) if positions else s.sum(-1)
+    flat = tot.reshape(-1)
+    H = tot.shape[1]
+    idx = torch.argsort(flat.abs(), descending=True)[:n_heads].tolist()
+    carry = [{"layer": i // H, "head": i % H, "score": float(flat[i])} for i in idx]
+    return {
+        "source": "token × head map (gradient mode) for the tokens that matter",
+        "positions": positions, "per_token": per_token, "total": tot.tolist(),
+        "by_layer": s.sum(1).tolist(),  # layer src: heads summed
+        "carry": carry, "token_head_carry": carry,
+    }
+
+
+def _counterfactual(adapter: Any, text: str, cf: str, target: Any, contrast: Any, kind: Any, n_heads: int) -> dict[str, Any]:
+    """Heads that carry the difference between ``text`` and ``cf``: attribution patching
+    (``ma.head_attribution``, gradient at the clean run). The circuits package's edge attribution
+    is used for edges when it is installed."""
+    from ..linking.patching import head_attribution
+
+    pr = head_attribution(adapter, text, cf, target, contrast=contrast, kind=kind)
+    heads = [{"layer": layer, "head": h, "score": s} for layer, h, s in pr.top_heads(n_heads)]
+    out: dict[str, Any] = {
+        "prompt": cf, "tokens": pr.corrupt_tokens, "metric_clean": pr.metric_clean,
+        "metric_corrupt": pr.metric_corrupt, "heads": heads, "all_heads": pr.heads.tolist(),
+        "source": f"attribution patching {text!r} vs {cf!r} (ma.head_attribution)", "edges": None,
+    }
+    try:  # the circuits package (another branch): edges when it exists
+        from ..circuits import edge_attribution  # type: ignore[attr-defined]
+    except ImportError:
+        out["edges_note"] = "mechattr.circuits is not installed: heads only"
+        return out
+    try:
+        er = edge_attribution(adapter.model, text, cf, target)
+        top = getattr(er, "top_edges", None)
+        out["edges"] = [str(e) for e in (top(10) if callable(top) else [])]
+    except Exception as e:  # noqa: BLE001 - optional extra; the heads above stand without it
+        out["edges_note"] = f"edge attribution failed: {type(e).__name__}: {e}"
+    return out
+
+
+def _baseline_sensitivity(adapter: Any, plan: Any, ig: Any, seed: int, prompt: Any, model: Any, text: str, target: Any, contrast: Any) -> dict[str, Any]:
+    """How much IG's ranking depends on its baseline: Spearman between IG with the default
+    baseline and IG with the mean embedding (``ma.baseline_sensitivity`` is used when it exists)."""
+    import mechattr as ma
+
+    fn = getattr(ma, "baseline_sensitivity", None)
+    if fn is not None:
+        try:
+            r = fn(model, text, target, contrast=contrast)
+            return {"source": "ma.baseline_sensitivity", "result": str(r.summary() if hasattr(r, "summary") else r)[:2000]}
+        except Exception as e:  # noqa: BLE001 - fall back to the two-baseline comparison
+            note = f"ma.baseline_sensitivity failed ({type(e).__name__}: {e}); "
+    else:
+        note = ""
+    from ..api import run_method
+    from ..validation.stats import spearman
+
+    other = run_method(adapter, plan, "integrated_gradients", {"baseline": "mean"}, seed=seed, prompt=prompt)
+    a, b = ig.token_scores(0).double(), other.token_scores(0).double()
+    free = [i for i in range(a.shape[0]) if float(a[i]) != 0 or float(b[i]) != 0]
+    return {
+        "source": note + "two baselines",
+        "baselines": [str(ig.params.get("baseline")), "mean"],
+        "spearman": float(spearman(a[free], b[free])) if len(free) > 1 else float("nan"),
+        "scores_mean_baseline": b.tolist(),
+    }
