@@ -24,6 +24,7 @@ from .tl.loading import DEFAULT_MODEL, builtin_models, cache_dir, load_model
 from .registry import get_method, list_methods, register
 from .validation import ValidationReport, validate
 from .report import report
+from .explain import Explanation, explain
 from . import groundtruth, linking, plots
 from .linking import LinearProbe, SAEFeature, head_attribution, token_feature_map, token_head_map
 from .targets import (
@@ -44,6 +45,8 @@ __all__ = [
     "DatasetRun",
     "validate",
     "report",
+    "explain",
+    "Explanation",
     "plots",
     "linking",
     "groundtruth",

@@ -31,6 +31,7 @@ from ..validation._replace import Remover
 from ..validation.perturbation_curves import curve_metrics, curves_for_orders, k_values, resample
 
 CONTROLS = ("random", "frequency", "position", "recency")
+TIE_TOL = 1e-6
 
 
 @dataclass
@@ -59,7 +60,9 @@ def trust_rule(
 ) -> Trust:
     """Apply the trust rule (module docstring) to one method's numbers."""
     bar = {"random": random_mean + margin * random_std, **others}
-    beats = {c: bool(aopc == aopc and v == v and aopc > v) for c, v in bar.items()}
+    # Ties count as not beaten; TIE_TOL absorbs float noise between batches that evaluate the
+    # same ordering (identical orderings give the same AOPC up to it).
+    beats = {c: bool(aopc == aopc and v == v and aopc > v + TIE_TOL * max(1.0, abs(v))) for c, v in bar.items()}
     agrees = bool(ablation_spearman == ablation_spearman and ablation_spearman >= min_ablation_corr)
     trusted = all(beats.values()) and agrees
     lost = [c for c, ok in beats.items() if not ok]

@@ -27,6 +27,7 @@ from ..errors import InputError, MechattrError
 from ..registry import MethodOutput
 from .checks import CONTROLS, Trust, positional_controls, trust_rule
 from .methods import MethodChoice, select_methods, user_methods
+from .linking import baseline_sensitivity, counterfactual_heads, head_map
 from .verdict import Verdict, decide
 
 
@@ -367,11 +368,15 @@ def explain(
         ]
 
         # 4. link to the model
-        heads = _head_map(adapter, plan, prompt, [t["position"] for t in matter] or _top_effects(effects, top_k), n_heads, seed)
+        heads = head_map(adapter, plan, prompt, [t["position"] for t in matter] or _top_effects(effects, top_k), n_heads, seed)
         cf = None
         if counterfactual is not None:
-            cf = _counterfactual(adapter, text, counterfactual, target, contrast, kind, n_heads)
+            cf = counterfactual_heads(adapter, text, counterfactual, target, contrast, kind, n_heads)
             heads["carry"], heads["source"] = cf["heads"], cf["source"]
+            heads["meaning"] = (
+                "score ≈ target(prompt) − target(prompt with that head's output taken from the counterfactual): "
+                "positive = the head carries the difference; the largest positive ones are named"
+            )
 
         vmeta = dict(rep.meta)
     p = {
@@ -389,7 +394,7 @@ def explain(
     }
     agreement = {"labels": agr.data["labels"], "spearman": agr.data["matrices"]["spearman"]}
     if budget == "thorough" and "integrated_gradients" in results and methods is None:
-        diag["baseline sensitivity"] = _baseline_sensitivity(adapter, plan, results["integrated_gradients"], seed, prompt, model, text, target, contrast)
+        diag["baseline sensitivity"] = baseline_sensitivity(adapter, plan, results["integrated_gradients"], seed, prompt, model, text, target, contrast)
     return Explanation(
         model_name=adapter.name, prompt=text, tokens=tokens, free=free, target=plan.labels[0],
         target_description=plan.description, unit=_unit(plan), prediction=pred, budget=budget,
@@ -430,81 +435,3 @@ def _run_callable(adapter: Any, plan: Any, c: MethodChoice, fixed: Any, seed: in
 def _top_effects(effects: list[float | None], k: int) -> list[int]:
     cand = [(e, p) for p, e in enumerate(effects) if e is not None]
     return [p for e, p in sorted(cand, key=lambda x: (-x[0], x[1]))[:k]]
-
-
-def _head_map(adapter: Any, plan: Any, prompt: str | None, positions: list[int], n_heads: int, seed: int) -> dict[str, Any]:
-    """Token × head contributions (gradient mode) for the given token positions, and per layer."""
-    from ..api import run_method
-
-    try:
-        res = run_method(adapter, plan, "token_head", {"mode": "gradient"}, attribute_bos=True, seed=seed, prompt=prompt)
-    except MechattrError as e:
-        return {"error": str(e), "carry": [], "source": "token × head map"}
-    s = res.scores[:, :, 0]  # layer head src
-    per_token = {int(p): s[:, :, p].tolist() for p in positions}
-    tot = s[:, :, positions].sum(-1) if positions else s.sum(-1)
-    flat = tot.reshape(-1)
-    H = tot.shape[1]
-    idx = torch.argsort(flat.abs(), descending=True)[:n_heads].tolist()
-    carry = [{"layer": i // H, "head": i % H, "score": float(flat[i])} for i in idx]
-    return {
-        "source": "token × head map (gradient mode) for the tokens that matter",
-        "positions": positions, "per_token": per_token, "total": tot.tolist(),
-        "by_layer": s.sum(1).tolist(),  # layer src: heads summed
-        "carry": carry, "token_head_carry": carry,
-    }
-
-
-def _counterfactual(adapter: Any, text: str, cf: str, target: Any, contrast: Any, kind: Any, n_heads: int) -> dict[str, Any]:
-    """Heads that carry the difference between ``text`` and ``cf``: attribution patching
-    (``ma.head_attribution``, gradient at the clean run). The circuits package's edge attribution
-    is used for edges when it is installed."""
-    from ..linking.patching import head_attribution
-
-    pr = head_attribution(adapter, text, cf, target, contrast=contrast, kind=kind)
-    heads = [{"layer": layer, "head": h, "score": s} for layer, h, s in pr.top_heads(n_heads)]
-    out: dict[str, Any] = {
-        "prompt": cf, "tokens": pr.corrupt_tokens, "metric_clean": pr.metric_clean,
-        "metric_corrupt": pr.metric_corrupt, "heads": heads, "all_heads": pr.heads.tolist(),
-        "source": f"attribution patching {text!r} vs {cf!r} (ma.head_attribution)", "edges": None,
-    }
-    try:  # the circuits package (another branch): edges when it exists
-        from ..circuits import edge_attribution  # type: ignore[attr-defined]
-    except ImportError:
-        out["edges_note"] = "mechattr.circuits is not installed: heads only"
-        return out
-    try:
-        er = edge_attribution(adapter.model, text, cf, target)
-        top = getattr(er, "top_edges", None)
-        out["edges"] = [str(e) for e in (top(10) if callable(top) else [])]
-    except Exception as e:  # noqa: BLE001 - optional extra; the heads above stand without it
-        out["edges_note"] = f"edge attribution failed: {type(e).__name__}: {e}"
-    return out
-
-
-def _baseline_sensitivity(adapter: Any, plan: Any, ig: Any, seed: int, prompt: Any, model: Any, text: str, target: Any, contrast: Any) -> dict[str, Any]:
-    """How much IG's ranking depends on its baseline: Spearman between IG with the default
-    baseline and IG with the mean embedding (``ma.baseline_sensitivity`` is used when it exists)."""
-    import mechattr as ma
-
-    fn = getattr(ma, "baseline_sensitivity", None)
-    if fn is not None:
-        try:
-            r = fn(model, text, target, contrast=contrast)
-            return {"source": "ma.baseline_sensitivity", "result": str(r.summary() if hasattr(r, "summary") else r)[:2000]}
-        except Exception as e:  # noqa: BLE001 - fall back to the two-baseline comparison
-            note = f"ma.baseline_sensitivity failed ({type(e).__name__}: {e}); "
-    else:
-        note = ""
-    from ..api import run_method
-    from ..validation.stats import spearman
-
-    other = run_method(adapter, plan, "integrated_gradients", {"baseline": "mean"}, seed=seed, prompt=prompt)
-    a, b = ig.token_scores(0).double(), other.token_scores(0).double()
-    free = [i for i in range(a.shape[0]) if float(a[i]) != 0 or float(b[i]) != 0]
-    return {
-        "source": note + "two baselines",
-        "baselines": [str(ig.params.get("baseline")), "mean"],
-        "spearman": float(spearman(a[free], b[free])) if len(free) > 1 else float("nan"),
-        "scores_mean_baseline": b.tolist(),
-    }

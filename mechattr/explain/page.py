@@ -26,7 +26,7 @@ table.matter td,table.matter th{padding:4px 12px} .num{text-align:right;font-var
 .badge{display:inline-block;border-radius:4px;padding:0 6px;font-size:.85em;color:#fff}
 .b-yes{background:#2f855a}.b-no{background:#a0aec0}
 table.map td{min-width:44px;text-align:center;font-size:.85em} table.map th{font-weight:normal}
-.small{font-size:.85em;color:#444} svg text{font-family:system-ui,sans-serif}
+.small{font-size:.85em;color:#444} h3{font-size:1.05em;margin-top:1.6em} svg text{font-family:system-ui,sans-serif}
 details{margin:.6em 0} summary{cursor:pointer;font-weight:600}
 """
 
@@ -108,7 +108,8 @@ def _card(ex: Any) -> str:
     if ex.heads.get("carry"):
         heads = (
             f"<p><b>Heads that carry it</b> <span class='small'>({_e(ex.heads['source'])})</span>: "
-            + ", ".join(f"<b>L{h['layer']}H{h['head']}</b> {h['score']:+.3g}" for h in ex.heads["carry"]) + "</p>"
+            + ", ".join(f"<b>L{h['layer']}H{h['head']}</b> {h['score']:+.3g}" for h in ex.heads["carry"])
+            + f"<br><span class='small'>{_e(ex.heads.get('meaning', ''))}</span></p>"
         )
     rule = f"<p class='small'><b>Trust rule.</b> {_e(ex.rule['text'])}</p>"
     return (
@@ -214,7 +215,20 @@ def _agreement(ex: Any) -> str:
 
 def _section(title: str, howto_key: str | None, body: str) -> str:
     how = f'<p class="howto">How to read this: {_e(HOWTO[howto_key])}</p>' if howto_key else ""
-    return f'<section class="evidence"><h2>{_e(title)}</h2>{how}{body}</section>'
+    return f'<section class="evidence"><h3>{_e(title)}</h3>{how}{body}</section>'
+
+
+def _interactive(ex: Any) -> list[tuple[str, Any]]:
+    """The same token maps as a circuitsvis component (hover a token, choose a method)."""
+    try:
+        import circuitsvis.tokens as cvt
+        import torch
+    except ImportError:  # pragma: no cover - circuitsvis is a dependency
+        return []
+    ran = [m for m in ex.methods if not m.error]
+    vals = torch.tensor([m.scores for m in ran], dtype=torch.float32).T.contiguous()
+    labels = [f"{m.label} ({'trusted' if m.trust and m.trust.trusted else 'not trusted'})" for m in ran]
+    return [("Interactive token map (choose a method; hover a token for its score)", cvt.colored_tokens_multi(ex.tokens, vals, labels))]
 
 
 def render_page(ex: Any) -> str:
@@ -224,6 +238,7 @@ def render_page(ex: Any) -> str:
     sec: list[tuple[str, str, list[tuple[str, Any]]]] = []
     sec.append(("Answer", f"<style>{CSS}</style>" + _card(ex), []))
     ev = _section("Token maps, side by side", "maps", _token_maps(ex))
+    comps = _interactive(ex)
     ev += _section("Deletion curves against the controls", "curves", _svg_curves(ex))
     ev += _section("The checks behind the trust rule", "checks", _checks_table(ex))
     ev += _section("Agreement between methods", "agreement", _agreement(ex))
@@ -245,7 +260,7 @@ def render_page(ex: Any) -> str:
         elif cf.get("edges_note"):
             body += f"<p class='small'>{_e(cf['edges_note'])}</p>"
         ev += _section("Counterfactual: heads that carry the difference", "counterfactual", body)
-    sec.append(("Evidence", ev, []))
+    sec.append(("Evidence", ev, comps))
     params = json.dumps(ex.params, indent=2, default=str)
     diags = json.dumps(ex.diagnostics, indent=2, default=str)
     mdiag = json.dumps({m.label: m.diagnostics for m in ex.methods}, indent=2, default=str)
