@@ -174,6 +174,8 @@ def _jsonable(x: Any) -> Any:
 
 def _unit(plan: Any) -> str:
     kind = getattr(plan, "kind", None)
+    if type(plan).__name__.lower().startswith("probe") or "probe" in str(getattr(plan, "description", "")):
+        return "probe logit"
     if kind in ("log_prob", "logit_diff", "log_prob_diff"):
         return "nats"
     if kind in ("prob", "prob_diff"):
@@ -198,6 +200,7 @@ def _prediction(adapter: Any, plan: Any) -> dict[str, Any]:
     tid = plan.token_ids[0]
     out.update({
         "position": pos,
+        "token": None if tid is None else adapter.str_tokens([tid])[0],
         "prob": None if tid is None else float(logp[tid].exp()),
         "top_token": adapter.str_tokens([top])[0],
         "top_prob": float(logp[top].exp()),

@@ -4,8 +4,8 @@
    "The capital of Italy is" for the heads that carry the difference.
 2. Subject–verb agreement as a contrast: "The key to the cabinets" → " is" versus " are".
 3. The pun probe of ``notebooks/06_pun_probe.py``: a logistic-regression probe on the residual
-   stream at the middle layer, fitted on a few of that notebook's hand-written puns and literal
-   sentences, explained on a pun it was not fitted on. The probe is small and noisy (see the
+   stream at the middle layer, fitted on 20 of that notebook's hand-written puns and literal
+   sentences, explained on a pun it was not fitted on (and classifies correctly; see PUN_PROMPT). The probe is small and noisy (see the
    notebook's caveat); the page explains this probe, not puns in general.
 """
 
@@ -42,7 +42,10 @@ LITERAL = [
     "The astronaut trained for two years before the launch.",
     "The teacher asked her pupils to open their books.",
 ]
-PUN_PROMPT = "The gardener was nervous because he had a lot of thyme on his hands."
+# Held out from the fit. The probe scores 5 of 8 held-out puns of notebook 06 as puns (the
+# gardener, fog and seafood puns come out negative); the demo explains one it gets right, with its
+# literal partner ("The dentist cleaned my teeth and booked another visit.") scored negative.
+PUN_PROMPT = "The dentist gave a speech that was full of drill."
 
 
 def fit_pun_probe(model: Any, steps: int = 200, l2: float = 1e-2, seed: int = 0) -> Any:

@@ -25,7 +25,8 @@ table.matter td,table.matter th{padding:4px 12px} .num{text-align:right;font-var
 .howto{color:#555;font-style:italic;margin:.2em 0 .8em}
 .badge{display:inline-block;border-radius:4px;padding:0 6px;font-size:.85em;color:#fff}
 .b-yes{background:#2f855a}.b-no{background:#a0aec0}
-table.map td{min-width:44px;text-align:center;font-size:.85em} table.map th{font-weight:normal}
+table.map td{min-width:40px;text-align:center;font-size:.8em} table.map th{font-weight:normal;font-size:.85em}
+.scroll{overflow-x:auto;max-width:100%}
 .small{font-size:.85em;color:#444} h3{font-size:1.05em;margin-top:1.6em} svg text{font-family:system-ui,sans-serif}
 details{margin:.6em 0} summary{cursor:pointer;font-weight:600}
 """
@@ -66,14 +67,18 @@ def _fmt(v: Any, nd: int = 3) -> str:
 
 def _card(ex: Any) -> str:
     p = ex.prediction
-    if p.get("prob") is not None:
-        pred = f"{_e(ex.model_name)} predicts {_tok(ex.target)} with probability <b>{p['prob']:.3f}</b>"
-        if p.get("top_token") is not None and p["top_token"] != ex.target:
+    if p.get("prob") is not None and p.get("foil") is not None:
+        pred = (
+            f"{_e(ex.model_name)} gives {_tok(p['token'])} probability <b>{p['prob']:.3f}</b> and "
+            f"{_tok(p['foil'])} <b>{p['foil_prob']:.3f}</b>; explained: their logit difference, "
+            f"<b>{p['value']:+.3g}</b> {_e(ex.unit)}"
+        )
+    elif p.get("prob") is not None:
+        pred = f"{_e(ex.model_name)} predicts {_tok(p['token'])} with probability <b>{p['prob']:.3f}</b>"
+        if p.get("top_token") is not None and p["top_token"] != p["token"]:
             pred += f" (its top token is {_tok(p['top_token'])}, {p['top_prob']:.3f})"
-        if p.get("foil") is not None:
-            pred += f" versus {_tok(p['foil'])} ({p['foil_prob']:.3f}); explained: {_e(ex.target_description)}"
     else:
-        pred = f"{_e(ex.model_name)}: target {_e(ex.target_description)} = <b>{p['value']:.4g}</b>"
+        pred = f"{_e(ex.model_name)}: {_e(ex.target_description)} = <b>{p['value']:.4g}</b>"
     strip = " ".join(
         _tok(t) if i not in {m["position"] for m in ex.matter}
         else f'<span class="tok" style="background:#9ae6b4;font-weight:700">{_e(t)}</span>'
@@ -135,7 +140,7 @@ def _token_maps(ex: Any) -> str:
         f"<td style='background:{_color(v / mx)}'>{v:+.2g}</td>" if v is not None else "<td>—</td>" for v in eff
     )
     body += f"<tr><th>single-token deletion</th><td><span class='small'>reference</span></td>{cells}</tr>"
-    return f"<table class='map'>{head}{body}</table>"
+    return f"<div class='scroll'><table class='map'>{head}{body}</table></div>"
 
 
 def _svg_curves(ex: Any) -> str:
@@ -200,7 +205,7 @@ def _grid(rows: list[list[float]], row_labels: list[str], col_labels: list[str])
         f"<tr><th>{_e(lab)}</th>" + "".join(f"<td style='background:{_color(v / mx)}' title='{v:.4g}'>{v:+.1g}</td>" for v in r) + "</tr>"
         for lab, r in zip(row_labels, rows)
     )
-    return f"<table class='map'>{head}{body}</table>"
+    return f"<div class='scroll'><table class='map'>{head}{body}</table></div>"
 
 
 def _agreement(ex: Any) -> str:
@@ -271,4 +276,5 @@ def render_page(ex: Any) -> str:
         f"<details><summary>per-method diagnostics</summary><pre>{_e(mdiag)}</pre></details>",
         [],
     ))
-    return _with_csp(page(f"mechattr explain — {ex.prompt!r} → {ex.target!r}", sec))
+    shown = ex.target if ex.prediction.get("foil") is not None else repr(ex.target)
+    return _with_csp(page(f"mechattr explain — {ex.prompt!r} → {shown}", sec))
