@@ -1,5 +1,5 @@
 # Everything a fresh machine needs, from python3 and pip alone.
-#   make demo   - attribution on the built-in default model, writes mechattr-demo.html (offline)
+#   make demo   - `mechattr explain` on three examples (SmolLM2-135M), writes mechattr-demo*.html (offline)
 #   make test   - the test suite in both TransformerLens lanes (4.x, then 3.x), each in its own venv
 PYTHON ?= python3
 # A CPU build of torch; override for a GPU machine, e.g. make TORCH_SPEC='torch' demo
@@ -45,4 +45,4 @@ test-tl3: venv-tl3
 	$(VENV_TL3)/bin/python -m pytest $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) $(VENV_TL3) .ci-artifacts mechattr-demo.html
+	rm -rf $(VENV) $(VENV_TL3) .ci-artifacts mechattr-demo.html mechattr-demo-agreement.html mechattr-demo-pun.html

@@ -259,7 +259,9 @@ def explain(
         replacement: how a token is removed in the checks and the perturbation methods
             (default ``"delete"`` for next-token targets — the token is cut out of the prompt —
             else the validation default).
-        margin, min_ablation_corr: the trust rule's thresholds (:mod:`mechattr.explain.checks`).
+        margin: the trust rule's margin over the random orderings, in their std
+            (:mod:`mechattr.explain.checks`).
+        min_ablation_corr: the trust rule's minimum Spearman with single-token deletion.
         n_random: random orderings for the random control.
         n_heads: how many heads the card names.
         seed: every random choice.
