@@ -30,8 +30,10 @@ $(VENV_TL3)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 venv-tl3: $(VENV_TL3)/.installed
 
+# One torch thread: on a busy machine two OpenMP threads per process spin against other work
+# (measured: 48 s wall with 1 thread vs 358 s with 2 at load 7 on 2 cores; 18 s of CPU either way).
 demo: venv
-	$(VENV)/bin/mechattr demo --out mechattr-demo.html
+	OMP_NUM_THREADS=1 $(VENV)/bin/mechattr demo --out mechattr-demo.html
 
 test: venv venv-tl3
 	rm -rf $(XLANE_DIR)

@@ -183,6 +183,9 @@ def test_views_budget_and_heads(recall, tmp_path):
     assert d["verdict"]["status"] == ex.verdict.status and (tmp_path / "ex.json").exists()
     s = ex.summary()
     assert "verdict:" in s and "occlusion" in s
+    shown = ex.show()
+    if shown is not None:  # IPython installed: the page in an iframe
+        assert "answer-card" in shown.data
     text = ex.to_html(tmp_path / "ex.html")
     assert text.index('id="answer-card"') < text.index("Token maps")
     assert text.count("<details>") >= 3 and "<details open" not in text
@@ -190,6 +193,8 @@ def test_views_budget_and_heads(recall, tmp_path):
 
 
 def test_bad_input(recall):
+    with model_unchanged(recall), pytest.raises(ma.InputError, match="same token length"):
+        explain(recall, RECALL, "rivenby", counterfactual="so you the capital")  # raises late, after the checks
     with pytest.raises(ma.InputError, match="budget"):
         explain(recall, RECALL, "rivenby", budget="slow")
     with pytest.raises(ma.InputError, match="one target"):
