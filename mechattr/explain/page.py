@@ -195,7 +195,16 @@ def _checks_table(ex: Any) -> str:
             f"<tr><th>{_e(m.label)}</th><td>{'yes' if t.trusted else 'no'}</td><td class='num'>{t.deletion_aopc:.3g}</td>"
             f"{cells}<td class='num'>{_fmt(t.ablation_spearman, 2)}</td></tr>"
         )
-    return f"<table>{head}{body}</table>"
+    bs = ex.diagnostics.get("baseline sensitivity")
+    note = ""
+    if isinstance(bs, dict) and "spearman" in bs:
+        note = (
+            f"<p>Integrated gradients' baseline sensitivity: Spearman {_fmt(bs['spearman'], 2)} between the "
+            f"rankings with baselines {_e(' and '.join(bs['baselines']))} (1 = the baseline does not change the ranking).</p>"
+        )
+    elif isinstance(bs, dict):
+        note = f"<p>Integrated gradients' baseline sensitivity ({_e(bs.get('source'))}): {_e(bs.get('result'))}</p>"
+    return f"<table>{head}{body}</table>{note}"
 
 
 def _grid(rows: list[list[float]], row_labels: list[str], col_labels: list[str]) -> str:
