@@ -65,9 +65,8 @@ def counterfactual_heads(adapter: Any, text: str, cf: str, target: Any, contrast
         out["edges_note"] = "mechattr.circuits is not installed: heads only"
         return out
     try:
-        er = edge_attribution(adapter.model, text, cf, target)
-        top = getattr(er, "top_edges", None)
-        out["edges"] = [str(e) for e in (top(10) if callable(top) else [])]
+        er = edge_attribution(adapter.model, text, cf, target, contrast=contrast, kind=kind)
+        out["edges"] = [f"{w}->{r} {float(sc):+.3g}" for w, r, sc in er.top_edges(10)]
     except Exception as e:  # noqa: BLE001 - optional extra; the heads above stand without it
         out["edges_note"] = f"edge attribution failed: {type(e).__name__}: {e}"
     return out
@@ -82,7 +81,8 @@ def baseline_sensitivity(adapter: Any, plan: Any, ig: Any, seed: int, prompt: An
     if fn is not None:
         try:
             r = fn(model, text, target, contrast=contrast)
-            return {"source": "ma.baseline_sensitivity", "result": str(r.summary() if hasattr(r, "summary") else r)[:2000]}
+            summary = r.summary() if hasattr(r, "summary") else getattr(r, "verdict", r)
+            return {"source": "ma.baseline_sensitivity", "result": str(summary)[:2000]}
         except Exception as e:  # noqa: BLE001 - fall back to the two-baseline comparison
             note = f"ma.baseline_sensitivity failed ({type(e).__name__}: {e}); "
     else:
