@@ -81,7 +81,7 @@ def baseline_sensitivity(adapter: Any, plan: Any, ig: Any, seed: int, prompt: An
     if fn is not None:
         try:
             r = fn(model, text, target, contrast=contrast)
-            summary = r.summary() if hasattr(r, "summary") else getattr(r, "verdict", r)
+            summary = getattr(r, "verdict", None) or (r.summary() if hasattr(r, "summary") else r)
             return {"source": "ma.baseline_sensitivity", "result": str(summary)[:2000]}
         except Exception as e:  # noqa: BLE001 - fall back to the two-baseline comparison
             note = f"ma.baseline_sensitivity failed ({type(e).__name__}: {e}); "
