@@ -165,10 +165,12 @@ def _svg_curves(ex: Any) -> str:
              f'<text x="12" y="{H / 2}" font-size="12" transform="rotate(-90 12 {H / 2})" text-anchor="middle">change in target ({_e(ex.unit)})</text>',
              f'<text x="{L - 4}" y="14" text-anchor="end" font-size="11">{hi:.2g}</text>',
              f'<text x="{L - 4}" y="{H - B}" text-anchor="end" font-size="11">{lo:.2g}</text>']
-    ci = 0
+    ci = di = 0
+    dashes = ("6,4", "2,3", "10,3,2,3", "1,4")  # one pattern per control, so each can be told apart
     for k, (lab, c, style) in enumerate(series):
         if style == "dash":
-            color, dash, width = "#999", ' stroke-dasharray="5,4"', 1.5
+            color, dash, width = "#888", f' stroke-dasharray="{dashes[di % len(dashes)]}"', 1.6
+            di += 1
         else:
             color, dash, width = palette[ci % len(palette)], "", 2.5
             ci += 1
