@@ -1,7 +1,8 @@
 """``ma.explain``: the answer first, then the evidence. See :mod:`mechattr.explain.core`."""
 
 from .checks import CONTROLS, Trust, trust_rule
-from .core import Explanation, MethodResult, explain
+from .core import explain
+from .result import Explanation, MethodResult
 from .methods import BUDGETS, select_methods
 from .verdict import Verdict, decide
 
