@@ -1,5 +1,5 @@
 # Everything a fresh machine needs, from python3 and pip alone.
-#   make demo   - attribution on the built-in default model, writes mechattr-demo.html (offline)
+#   make demo   - `mechattr explain` on three examples (SmolLM2-135M), writes mechattr-demo*.html (offline)
 #   make test   - the test suite in both TransformerLens lanes (4.x, then 3.x), each in its own venv
 PYTHON ?= python3
 # A CPU build of torch; override for a GPU machine, e.g. make TORCH_SPEC='torch' demo
@@ -44,8 +44,10 @@ browser:
 	    echo "make: no chromium and no way to install it (needs root and apt-get); the browser test will be skipped"; \
 	  fi; }
 
+# One torch thread: on a busy machine two OpenMP threads per process spin against other work
+# (measured: 48 s wall with 1 thread vs 358 s with 2 at load 7 on 2 cores; 18 s of CPU either way).
 demo: venv
-	$(VENV)/bin/mechattr demo --out mechattr-demo.html
+	OMP_NUM_THREADS=1 $(VENV)/bin/mechattr demo --out mechattr-demo.html
 
 test: venv venv-tl3 browser
 	rm -rf $(XLANE_DIR)
@@ -59,4 +61,4 @@ test-tl3: venv-tl3 browser
 	$(VENV_TL3)/bin/python -m pytest $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) $(VENV_TL3) .ci-artifacts mechattr-demo.html
+	rm -rf $(VENV) $(VENV_TL3) .ci-artifacts mechattr-demo.html mechattr-demo-agreement.html mechattr-demo-pun.html

@@ -26,6 +26,7 @@ from .registry import get_method, list_methods
 from .validation import ValidationReport, validate
 from .report import report
 from .sensitivity import BaselineSensitivity, baseline_sensitivity
+from .explain import Explanation, explain
 from . import groundtruth, linking, plots
 from .linking import LinearProbe, SAEFeature, head_attribution, token_feature_map, token_head_map
 from .targets import (
@@ -48,6 +49,8 @@ __all__ = [
     "report",
     "baseline_sensitivity",
     "BaselineSensitivity",
+    "explain",
+    "Explanation",
     "plots",
     "linking",
     "groundtruth",

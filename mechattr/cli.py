@@ -1,4 +1,4 @@
-"""Command line: ``mechattr attribute | attribute-dataset | validate | report | methods | models | demo``.
+"""Command line: ``mechattr explain | attribute | attribute-dataset | validate | report | methods | models | demo``.
 
 Exit codes: 0 success, 1 an unexpected internal error, 2 bad usage or input (a MechattrError),
 130 interrupted. Errors print one line without a traceback unless ``--debug`` is given.
@@ -273,36 +273,41 @@ def cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-DEMO_PROMPTS = [
-    ("The capital of France is", {"target": " Paris"}),
-    ("The keys to the cabinet", {"target": " are", "contrast": " is"}),
-]
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Attribute the demo prompts with several methods and write one offline HTML page."""
-    import mechattr as ma
-    from .display import html_page
+    """``explain`` on the three demo examples (mechattr.explain.demo); one offline page each."""
+    import time
 
+    import mechattr as ma
+    from .explain.demo import run_demo
+
+    t0 = time.perf_counter()
     model = ma.load_model(args.model)
-    results = []
-    for text, tgt in DEMO_PROMPTS:
-        for method in args.methods.split(","):
-            info = ma.get_method(method.strip())
-            try:
-                res = ma.attribute(model, text, method=info.name, seed=args.seed, **tgt)
-            except ma.TargetError as e:  # e.g. a tokenizer where ' Paris' is two tokens
-                print(f"skipped {text!r} {tgt}: {e}", file=sys.stderr)
-                break
-            results.append(res)
-            if not args.quiet:
-                top = ", ".join(f"{t!r} {s:+.3g}" for _, t, s in res.top_k(3))
-                err = res.diagnostics.get("completeness_relative_error")
-                note = f" (completeness error {100 * err:.1f}% of f(x) - f(b))" if err is not None else ""
-                print(f"{res.method:<22} {text!r} -> {res.targets[0]}: top {top}{note}")
-    out = Path(args.out)
-    html_page(results, path=out, title=f"mechattr demo — {ma.as_adapter(model).name}")
-    print(f"wrote {out} ({out.stat().st_size // 1024} KiB, opens offline)")
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    paths = run_demo(model, args.out, budget=args.budget, seed=args.seed, quiet=args.quiet, methods=methods)
+    print(f"wrote {', '.join(str(p) for p in paths)} (open offline) in {time.perf_counter() - t0:.1f} s")
+    return EXIT_OK
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    import mechattr as ma
+
+    model = ma.load_model(args.model, kind=args.kind_model, device=args.device)
+    ex = ma.explain(
+        model, args.text, args.target, contrast=args.contrast, counterfactual=args.counterfactual,
+        budget=args.budget, top_k=args.top_k, seed=args.seed,
+    )
+    if args.html:
+        ex.to_html(args.html)
+    if args.json:
+        if args.json == "-":
+            print(ex.to_json())
+        else:
+            ex.to_json(args.json)
+    if args.json != "-" and not args.quiet:
+        print(ex.summary())
+        for label, path in (("html", args.html), ("json", args.json)):
+            if path:
+                print(f"{label}: {path}")
     return EXIT_OK
 
 
@@ -391,6 +396,19 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", "-o", default="mechattr-report.html", help="output HTML file (default mechattr-report.html)")
     r.set_defaults(func=cmd_report)
 
+    e = sub.add_parser("explain", help="the answer first: which tokens matter, which methods pass this prompt's checks, which heads carry it (one offline page)",
+                       parents=[P["seed"], P["model"], P["quiet"]])
+    e.add_argument("model", help="built-in name (see `mechattr models`), local HF dir, or Hub name")
+    e.add_argument("text", help="the prompt")
+    e.add_argument("--target", "-t", default=None, help="the next token to explain (default: the model's own prediction)")
+    e.add_argument("--contrast", "-c", default=None, help="a foil token: explain target vs foil")
+    e.add_argument("--counterfactual", default=None, help="a prompt of the same token length that changes the answer; names the heads that carry the difference")
+    e.add_argument("--budget", default="fast", choices=["fast", "thorough"], help="fast: input x gradient, occlusion (+ LRP/GIM when installed); thorough: + IG, SHAP, rollout/flow")
+    e.add_argument("--top-k", type=int, default=2, help="how many tokens the answer names at most (default 2)")
+    e.add_argument("--html", default=None, help="write the offline page here")
+    e.add_argument("--json", default=None, help="write the explanation as JSON here ('-' for stdout)")
+    e.set_defaults(func=cmd_explain)
+
     m = sub.add_parser("methods", help="list the attribution methods, one line each")
     m.add_argument("--json", action="store_true", help="machine-readable output with parameters")
     m.set_defaults(func=cmd_methods)
@@ -399,11 +417,12 @@ def build_parser() -> argparse.ArgumentParser:
     mo.add_argument("--json", action="store_true", help="machine-readable output")
     mo.set_defaults(func=cmd_models)
 
-    d = sub.add_parser("demo", help="attribute the demo prompts on the default model and write an HTML page",
+    d = sub.add_parser("demo", help="`mechattr explain` on three examples (factual recall with a counterfactual, subject-verb agreement, a pun probe); one offline page each",
                        parents=[P["seed"]])
-    d.add_argument("--model", default=None, help="model (default: the built-in default model)")
-    d.add_argument("--methods", default="integrated_gradients,input_x_gradient,saliency", help="comma-separated methods")
-    d.add_argument("--out", default="mechattr-demo.html", help="output HTML file")
+    d.add_argument("--model", default=None, help="model (default: SmolLM2-135M when installed, else the built-in default model)")
+    d.add_argument("--budget", default="fast", choices=["fast", "thorough"], help="explain's method budget (default fast)")
+    d.add_argument("--methods", default=None, help="comma-separated methods instead of the budget's set")
+    d.add_argument("--out", default="mechattr-demo.html", help="the first page (the others get -agreement and -pun suffixes)")
     d.add_argument("--quiet", "-q", action="store_true", help="print only the output file")
     d.set_defaults(func=cmd_demo)
     return p

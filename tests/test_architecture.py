@@ -169,9 +169,11 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("registry", ("mechattr.registry",)),
     ("results", ("mechattr.attribution", "mechattr.display", "mechattr.plots")),
     ("api", ("mechattr.api",)),
-    ("applications", ("mechattr.linking", "mechattr.dataset", "mechattr.zoo", "mechattr.groundtruth")),
+    ("applications", ("mechattr.linking", "mechattr.dataset", "mechattr.zoo", "mechattr.groundtruth",
+                      "mechattr.circuits", "mechattr.sensitivity")),
     ("validation", ("mechattr.validation",)),
     ("report", ("mechattr.report",)),
+    ("explain", ("mechattr.explain",)),
     ("entry points", ("mechattr.cli", "mechattr.__main__")),
 ]
 

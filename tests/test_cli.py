@@ -85,8 +85,12 @@ def test_debug_shows_traceback():
 def test_demo_writes_offline_page(tmp_path):
     out = tmp_path / "demo.html"
     assert main(["demo", "--model", "tiny-gpt2", "--out", str(out), "-q", "--methods", "ig,ixg"]) == 0
-    text = out.read_text()
-    assert text.count("CircuitsVis.render(") >= 4 and "var CircuitsVis=" in text
+    # mechattr explain on three examples, one offline page each, the answer card first
+    for path in (out, tmp_path / "demo-agreement.html", tmp_path / "demo-pun.html"):
+        text = path.read_text()
+        assert "CircuitsVis.render(" in text and "var CircuitsVis=" in text
+        assert text.index('id="answer-card"') < text.index("Evidence")
+        assert "integrated_gradients" in text and "input_x_gradient" in text
 
 
 def test_console_script_subprocess():
