@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from .tl.adapter import ModelAdapter, as_adapter
+from .tl.prefix import diagnostics as prefix_diagnostics
 from .attribution import Attribution
 from .errors import InputError, MethodError
 from .methods._common import Context
@@ -73,7 +74,7 @@ def run_method(
         out: MethodOutput = info.fn(ctx, **params)
     seconds = time.perf_counter() - t0
     scores = out.scores.detach().to("cpu").float()
-    diag = {**out.diagnostics, "seconds": seconds}
+    diag = {**out.diagnostics, **prefix_diagnostics(ctx), "seconds": seconds}
     return Attribution(
         tokens=adapter.str_tokens(plan.tokens),
         token_ids=plan.tokens[0].tolist(),

@@ -57,12 +57,16 @@ class Context:
         g.manual_seed(int(self.seed) + offset)
         return g
 
-    def max_batch(self, with_grad: bool = True) -> int:
-        """How many sequences fit in one forward(+backward) under ``memory_mb``."""
+    def max_batch(self, with_grad: bool = True, hook_free: bool = True) -> int:
+        """How many sequences fit in one forward(+backward) under ``memory_mb``.
+
+        ``hook_free``: the passes carry no mechattr hook (gradient and perturbation passes); on
+        the SDPA fast path their attention costs no ``n x n`` term, so the estimate is linear in
+        the input length per sequence."""
         if self.batch_size is not None:
             return max(1, int(self.batch_size))
         a = self.adapter
-        per_token = a.activation_bytes_per_token() + a.attention_bytes_per_token(self.n_pos)
+        per_token = a.activation_bytes_per_token() + a.attention_bytes_per_token(self.n_pos, hook_free=hook_free)
         if not with_grad:
             per_token = per_token // 4
         per_seq = max(1, per_token * self.n_pos)
