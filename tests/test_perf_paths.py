@@ -256,3 +256,11 @@ def test_cuda_autocast_bf16_keeps_float32_completeness_inputs(monkeypatch):
         low = _run(gpu, "integrated_gradients", monkeypatch, n_steps=8)
     assert torch.corrcoef(torch.stack([low.scores.flatten(), ref.scores.flatten()]))[0, 1] > 0.9
     assert low.scores.dtype == torch.float32
+
+
+def test_reagent_probes_reuse_the_prefix(tiny_bridge, monkeypatch):
+    kw = {"max_probe_steps": 3, "min_probe_steps": 1, "num_probes": 8}
+    reused = _run(tiny_bridge, "reagent", monkeypatch, **kw)
+    plain = _run(tiny_bridge, "reagent", monkeypatch, env={"MECHATTR_PREFIX_REUSE": "0"}, **kw)
+    torch.testing.assert_close(reused.scores, plain.scores, atol=1e-5, rtol=1e-5)
+    assert reused.diagnostics["prefix_reuse"]["backend"] == "hf"

@@ -3,6 +3,7 @@ target values and gradients with respect to the token embeddings."""
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
@@ -10,6 +11,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from ..tl import prefix
 from ..tl.adapter import ModelAdapter
 from ..errors import MethodError
 from ..progress import progress
@@ -87,7 +89,9 @@ class Context:
             embeds = self.input_embed()
         n = embeds.shape[0] if embeds is not None else tokens.shape[0]
         out = []
-        with torch.no_grad():
+        # Token-replacement probes (ReAGent) share the unperturbed prefix: reuse it.
+        reuse = prefix.reuse(self) if tokens is not None and tokens.shape[-1] == self.n_pos else contextlib.nullcontext()
+        with torch.no_grad(), reuse:
             for sl in self.batches(n, with_grad=False):
                 toks = tokens[sl] if tokens is not None else self.tokens.expand(sl.stop - sl.start, -1)
                 emb = embeds[sl] if embeds is not None else None
