@@ -145,6 +145,20 @@ def test_memory_estimate_has_no_quadratic_term_on_the_sdpa_path(tiny_bridge, mon
 
 
 # ----- 2. prefix reuse ---------------------------------------------------------------------------
+@pytest.fixture(autouse=True)
+def _reuse_even_on_tiny_models(monkeypatch):
+    """The tiny test models are overhead-bound, so the cost rule would mostly run them plain;
+    a zero per-forward overhead makes every batch reuse the prefix (what these tests check)."""
+    monkeypatch.setenv("MECHATTR_PREFIX_OVERHEAD", "0")
+
+
+def test_the_cost_rule_runs_overhead_bound_batches_plain(tiny_bridge, monkeypatch):
+    monkeypatch.setenv("MECHATTR_PREFIX_OVERHEAD", "100000")
+    out = ma.attribute(tiny_bridge, PROMPT, method="occlusion", quiet=True)
+    d = out.diagnostics["prefix_reuse"]
+    assert d["plain_batches"] >= 1 and "backend" not in d and "cheaper" in d["fallback"]
+
+
 def test_plan_groups_is_optimal_against_brute_force():
     starts = [1, 1, 2, 5, 5, 5, 9, 11]
     P, C = 12, 6

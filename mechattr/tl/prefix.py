@@ -28,8 +28,9 @@ Backends:
   (``prefix_reuse``).
 
 ``MECHATTR_PREFIX_REUSE=0`` turns it off; ``MECHATTR_PREFIX_OVERHEAD`` sets the per-forward
-overhead in token rows the grouping assumes (default 8 on CPU, 256 on CUDA, where one more
-small forward costs more launches than many token rows).
+overhead in token rows the grouping assumes (by default from the model's width: one more forward
+of a tiny model costs as much as hundreds of token rows, of GPT-2-small on a CPU a few; on CUDA
+at least 256, where one more small forward costs more launches than many token rows).
 """
 
 from __future__ import annotations
@@ -48,11 +49,20 @@ def enabled() -> bool:
     return os.environ.get("MECHATTR_PREFIX_REUSE", "1").strip().lower() not in {"0", "false", "no", "off"}
 
 
-def _overhead(device: torch.device) -> int:
+def _overhead(device: torch.device, adapter: Any) -> int:
+    """What one more forward costs, in token rows: a fixed launch/Python cost per layer over the
+    cost of one token row in one layer (about 12 d_model^2 multiply-adds). Small models are
+    overhead-bound (a tiny 2-layer model: a few hundred rows; GPT-2-small on a CPU: a few), and a
+    GPU makes every row cheap against its kernel launches."""
     env = os.environ.get("MECHATTR_PREFIX_OVERHEAD")
     if env:
         return max(0, int(env))
-    return 256 if device.type == "cuda" else 8
+    d = int(adapter.d_model)
+    d_mlp = int(getattr(adapter.cfg, "d_mlp", None) or 4 * d)
+    per_layer = 4 * d * d + 3 * d * d_mlp // 2 + 2 * d * d_mlp // 2  # attention + MLP weights, roughly
+    if device.type == "cuda":
+        return max(256, int(2e9 / per_layer))
+    return max(8, int(2e7 / per_layer))
 
 
 def first_changed(masks: Bool[Tensor, "n pos"]) -> Int[Tensor, " n"]:
@@ -107,6 +117,7 @@ class PrefixRunner:
         self._state: Any = None
         self._base_embed: Tensor | None = None
         self._ready = False
+        self._checked: bool | None = None
 
     # ----- set-up -------------------------------------------------------------------------------
     def _why_not(self) -> str | None:
@@ -135,17 +146,23 @@ class PrefixRunner:
         self._fp = fp
         return None
 
+    def _available(self) -> bool:
+        """Whether a backend applies (checked once; the reason is kept when none does)."""
+        if self._checked is None:
+            why = self._why_not()
+            if why is not None:
+                self.backend = None
+                self.stats["fallback"] = why
+            self._checked = why is None
+        return self._checked
+
     def _prepare(self) -> bool:
         if self._ready:
             return self.backend is not None
         self._ready = True
-        why = self._why_not()
-        if why is not None:
-            self.backend = None
-            self.stats["fallback"] = why
+        if not self._available():
             return False
         with torch.no_grad():
-            self._base_embed = self.adapter.embed(self.tokens)
             self._state = self._hf_prefix() if self.backend == "hf" else self._hooked_prefix()
         if self._state is None:
             self.stats["fallback"] = f"the {self.backend} backend could not build the prefix cache"
@@ -253,28 +270,43 @@ class PrefixRunner:
         """Logits like :meth:`ModelAdapter.logits`, or None when this call cannot reuse the
         prefix (then the caller runs the plain forward)."""
         P = self.tokens.shape[-1]
-        if tokens.shape[-1] != P or torch.is_grad_enabled() or not self._prepare():
+        st = self.stats
+        if tokens.shape[-1] != P or torch.is_grad_enabled() or not self._available():
             if tokens.shape[-1] != P:
-                self.stats["calls_other_length"] = self.stats.get("calls_other_length", 0) + 1
+                st["calls_other_length"] = st.get("calls_other_length", 0) + 1
             return None
         if embed is not None:
+            if self._base_embed is None:
+                with torch.no_grad():
+                    self._base_embed = self.adapter.embed(self.tokens)
             diff = (embed != self._base_embed.to(embed.dtype)).any(-1)
         else:
             diff = tokens != self.tokens
         starts = first_changed(diff)
         order = torch.sort(starts, stable=True).indices
         starts_sorted = starts[order].tolist()  # one transfer per batch, not per row
+        B = tokens.shape[0]
+        done = [i for i, s in enumerate(starts_sorted) if s >= P]
+        todo = len(starts_sorted) - len(done)
+        over = _overhead(tokens.device, self.adapter)
+        groups = plan_groups(starts_sorted[:todo], P, over)
+        # Worth it? The plain batch is one forward of B x P rows; reuse runs the groups (and, once,
+        # the unperturbed input). Where reuse would not be cheaper the plain forward runs.
+        reuse_cost = sum((e - b) * (P - starts_sorted[b]) + over for b, e in groups)
+        if not self._ready:
+            reuse_cost += P + over
+        if reuse_cost >= B * P + over:
+            st["plain_batches"] = st.get("plain_batches", 0) + 1
+            return None
+        if not self._prepare():
+            return None
         h0 = self._state[-1]  # [P, d] final hidden state of the unperturbed input
         pos = list(range(P)) if positions is None else list(positions)
         pos_t = torch.tensor(pos, dtype=torch.long, device=tokens.device)
-        B = tokens.shape[0]
         hidden = h0.new_empty((B, len(pos), h0.shape[-1]))
-        done = [i for i, s in enumerate(starts_sorted) if s >= P]
         if done:
             rows = order[done[0]:]
             hidden[rows] = h0[pos_t].to(hidden.dtype)
-        todo = len(starts_sorted) - len(done)
-        groups = plan_groups(starts_sorted[:todo], P, _overhead(tokens.device))
         run = 0
         for b, e in groups:
             s = starts_sorted[b]
@@ -293,7 +325,6 @@ class PrefixRunner:
             )
             hidden[rows] = h.to(hidden.dtype)
             run += (e - b) * (P - s)
-        st = self.stats
         st["rows"] = st.get("rows", 0) + B
         st["forwards"] = st.get("forwards", 0) + len(groups)
         st["token_rows_run"] = st.get("token_rows_run", 0) + run
@@ -329,6 +360,8 @@ def diagnostics(ctx: Any) -> dict[str, Any]:
     if not st:
         return {}
     out = dict(st)
+    if "backend" not in out and "fallback" not in out and out.get("plain_batches"):
+        out["fallback"] = "no batch was cheaper with reuse than plain (changes start too early or the model is overhead-bound)"
     if out.get("token_rows_plain"):
         out["work_fraction"] = out["token_rows_run"] / out["token_rows_plain"]
     return {"prefix_reuse": out}
