@@ -26,14 +26,14 @@ METHODS = {
 }
 
 
-def load(name: str) -> Any:
+def load(name: str, device: str = "cpu") -> Any:
     import mechattr as ma
 
     if name == "gpt2-small-shape":
         from benchmarks.run import model_dir
 
-        return ma.load_model(str(model_dir()), kind="bridge")
-    return ma.load_model(name, kind="bridge")
+        return ma.load_model(str(model_dir()), kind="bridge", device=device)
+    return ma.load_model(name, kind="bridge", device=device)
 
 
 def prompt_ids(model: Any, n: int) -> Any:
@@ -75,9 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     print("| model | tokens | method | plain s | reuse s | reuse / plain | token rows run | max abs diff |")
     print("|---|---|---|---|---|---|---|---|")
     for mname in args.models.split(","):
-        model = load(mname)
-        if args.device != "cpu":
-            model = model.to(args.device)
+        model = load(mname, args.device)
         for n in (int(t) for t in args.tokens.split(",")):
             ids = prompt_ids(model, n).to(args.device)
             for method in args.methods.split(","):

@@ -132,10 +132,11 @@ def child(args: argparse.Namespace) -> None:
 
         if args.model != "gpt2-small-shape":
             raise SystemExit(f"SKIP {args.tool}: its runner in benchmarks/tools.py is written for the GPT-2-shaped model")
-        try:
-            t = T.TOOLS[args.tool](str(mdir))
-        except ImportError as e:
-            raise SystemExit(f"SKIP {args.tool}: not installed ({e})")
+        import importlib.util
+
+        if importlib.util.find_spec(args.tool) is None:
+            raise SystemExit(f"SKIP {args.tool}: not installed in this environment ({sys.executable})")
+        t = T.TOOLS[args.tool](str(mdir))
 
         def run(pi: list[int], steps: int) -> None:
             t.ig(T.Job(pi, [target], steps, ig_batch=1))
