@@ -11,7 +11,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from ..tl import prefix
+from ..tl import fastpath, prefix
 from ..tl.adapter import ModelAdapter
 from ..errors import MethodError
 from ..progress import progress
@@ -91,7 +91,9 @@ class Context:
         out = []
         # Token-replacement probes (ReAGent) share the unperturbed prefix: reuse it.
         reuse = prefix.reuse(self) if tokens is not None and tokens.shape[-1] == self.n_pos else contextlib.nullcontext()
-        with torch.no_grad(), reuse:
+        # Embedding evaluations are the f(x), f(baseline) of completeness checks: never autocast.
+        exact = fastpath.full_precision() if tokens is None else contextlib.nullcontext()
+        with torch.no_grad(), reuse, exact:
             for sl in self.batches(n, with_grad=False):
                 toks = tokens[sl] if tokens is not None else self.tokens.expand(sl.stop - sl.start, -1)
                 emb = embeds[sl] if embeds is not None else None

@@ -33,7 +33,8 @@ length; :meth:`ModelAdapter.attention_bytes_per_token` drops the quadratic term 
 Options (:func:`options`, or the environment): ``checkpoint`` (``MECHATTR_CHECKPOINT=1``)
 recomputes each block in the backward instead of keeping its activations (for inputs that still
 do not fit); ``autocast`` (``MECHATTR_AUTOCAST=bf16|fp16``) runs the passes under
-``torch.autocast`` and returns float32 logits.
+``torch.autocast`` and returns float32 logits; evaluations inside :func:`full_precision` (the
+f(x), f(baseline) of a completeness check, ``Context.values`` on embeddings) stay in float32.
 """
 
 from __future__ import annotations
@@ -91,6 +92,20 @@ def options(*, checkpoint: bool | None = None, autocast: Any = None) -> Iterator
         yield
     finally:
         _OPTIONS = saved
+
+
+_FULL_PRECISION = [0]
+
+
+@contextlib.contextmanager
+def full_precision() -> Iterator[None]:
+    """Passes inside the block ignore the autocast option (completeness evaluations: f(x) and
+    f(baseline) are compared against the attributions in float32)."""
+    _FULL_PRECISION[0] += 1
+    try:
+        yield
+    finally:
+        _FULL_PRECISION[0] -= 1
 
 
 def _unwrap(m: Any) -> Any:
@@ -252,13 +267,13 @@ class FastPath:
 
     def autocast(self) -> Any:
         dt = current_options().get("autocast")
-        if dt is None:
+        if dt is None or _FULL_PRECISION[0]:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.head.weight.device.type, dtype=dt)
 
     def _out(self, logits: Tensor, like: Tensor) -> Tensor:
         """Autocast logits come back in float32 (targets take log-softmax of them)."""
-        if current_options().get("autocast") is not None and logits.dtype != torch.float32:
+        if logits.dtype != torch.float32 and current_options().get("autocast") is not None:
             return logits.float()
         return logits
 
