@@ -285,3 +285,12 @@ def test_reagent_probes_reuse_the_prefix(tiny_bridge, monkeypatch):
     plain = _run(tiny_bridge, "reagent", monkeypatch, env={"MECHATTR_PREFIX_REUSE": "0"}, **kw)
     torch.testing.assert_close(reused.scores, plain.scores, atol=1e-5, rtol=1e-5)
     assert reused.diagnostics["prefix_reuse"]["backend"] == "hf"
+
+
+def test_prefix_reuse_on_a_fresh_model_whose_prompt_has_the_self_checks_length():
+    """The fast path's first build (and its self-check against the bridge) may happen inside a
+    reuse block; the self-check's reference forward must not be taken over by the runner."""
+    m = ma.load_model("tiny-gpt2", kind="bridge")
+    ids = as_adapter(m).tokenize("The quick brown fox jumps")  # the self-check's own prompt
+    out = ma.attribute(m, ids[0], target=" over", method="occlusion", quiet=True)
+    assert out.diagnostics["prefix_reuse"]["backend"] == "hf"

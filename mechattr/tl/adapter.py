@@ -415,7 +415,7 @@ class ModelAdapter:
         """Logits at ``positions`` only (all positions when None) — the unembedding of a
         50k vocabulary is skipped where no target reads it. Without hooks, a bridge runs its
         own weights through the plain Hugging Face forward (:meth:`fast_path`)."""
-        if self._prefix is not None and not fwd_hooks:  # mechattr.tl.prefix: shared-prefix reuse
+        if self._prefix is not None and _fast and not fwd_hooks:  # mechattr.tl.prefix: shared-prefix reuse
             out = self._prefix.logits(tokens, embed, positions)
             if out is not None:
                 return out
