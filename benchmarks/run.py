@@ -385,6 +385,11 @@ def report(cases: list[Case], s: Settings, quick: bool, flow: str | None, notes:
     L.append("## Long inputs\n")
     L.append("IG on SmolLM2 with a 2,048-token prompt under a 16 GiB memory cap: see "
              "[Long inputs](performance-long.md) (written by `python -m benchmarks.bench_long`).\n")
+    L.append("## Scaling with input length, SDPA passes, prefix reuse\n")
+    L.append("Time and peak memory of IG against input length (mechattr, the SDPA and eager floors, Captum, "
+             "Inseq; `python -m benchmarks.bench_scaling`), the prefix-reuse speed-up of the perturbation "
+             "methods (`python -m benchmarks.bench_prefix`) and the GPU check (`benchmarks/gpu_check.sh`): see "
+             "[Scaling](performance-scaling.md), which states the conditions of every number in it.\n")
     return "\n".join(L)
 
 

@@ -10,6 +10,7 @@ from jaxtyping import Bool, Int
 from torch import Tensor
 
 from .tl.adapter import ModelAdapter, as_adapter
+from .tl.prefix import diagnostics as prefix_diagnostics
 from .attribution import Attribution
 from .errors import InputError, MethodError
 from .options import RunOptions
@@ -106,7 +107,7 @@ def to_attribution(
         dims=tuple(out.dims),
         method=method,
         params={**out.params, "attribute_bos": attribute_bos},
-        diagnostics={**out.diagnostics, "seconds": seconds},
+        diagnostics={**out.diagnostics, **prefix_diagnostics(ctx), "seconds": seconds},
         prompt=prompt,
         model_name=adapter.name,
         target_description=plan.description,

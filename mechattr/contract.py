@@ -19,6 +19,7 @@ without an import cycle.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
@@ -28,6 +29,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from .targets import Plan
+from .tl import fastpath, prefix
 from .tl.adapter import ModelAdapter
 
 
@@ -76,19 +78,23 @@ class Context:
         g.manual_seed(int(self.seed) + offset)
         return g
 
-    def max_batch(self, with_grad: bool = True) -> int:
-        """How many sequences fit in one forward(+backward) under ``memory_mb``."""
+    def max_batch(self, with_grad: bool = True, hook_free: bool = True) -> int:
+        """How many sequences fit in one forward(+backward) under ``memory_mb``.
+
+        ``hook_free``: the passes carry no mechattr hook (gradient and perturbation passes); on
+        the SDPA fast path their attention costs no ``n x n`` term, so the estimate is linear in
+        the input length per sequence. Passes with hooks say ``hook_free=False``."""
         if self.batch_size is not None:
             return max(1, int(self.batch_size))
         a = self.adapter
-        per_token = a.activation_bytes_per_token() + a.attention_bytes_per_token(self.n_pos)
+        per_token = a.activation_bytes_per_token() + a.attention_bytes_per_token(self.n_pos, hook_free=hook_free)
         if not with_grad:
             per_token = per_token // 4
         per_seq = max(1, per_token * self.n_pos)
         return max(1, int(self.memory_mb * 2**20 // per_seq))
 
-    def batches(self, n: int, with_grad: bool = True) -> Iterator[slice]:
-        step = self.max_batch(with_grad)
+    def batches(self, n: int, with_grad: bool = True, hook_free: bool = True) -> Iterator[slice]:
+        step = self.max_batch(with_grad, hook_free=hook_free)
         for i in range(0, n, step):
             yield slice(i, min(n, i + step))
 
@@ -102,7 +108,11 @@ class Context:
             embeds = self.input_embed()
         n = embeds.shape[0] if embeds is not None else tokens.shape[0]
         out = []
-        with torch.no_grad():
+        # Token-replacement probes (ReAGent) share the unperturbed prefix: reuse it.
+        reuse = prefix.reuse(self) if tokens is not None and tokens.shape[-1] == self.n_pos else contextlib.nullcontext()
+        # Embedding evaluations are the f(x), f(baseline) of completeness checks: never autocast.
+        exact = fastpath.full_precision() if tokens is None else contextlib.nullcontext()
+        with torch.no_grad(), reuse, exact:
             for sl in self.batches(n, with_grad=False):
                 toks = tokens[sl] if tokens is not None else self.tokens.expand(sl.stop - sl.start, -1)
                 emb = embeds[sl] if embeds is not None else None

@@ -66,8 +66,8 @@ def _run_callable(adapter: Any, plan: Any, fn: Any, params: dict[str, Any], seed
     from .api import _fixed_positions
     from .attribution import Attribution
     from .errors import MethodError
-    from .methods._common import Context
-    from .registry import MethodOutput
+    from .contract import Context
+    from .contract import MethodOutput
 
     ctx = Context(adapter=adapter, plan=plan, memory_mb=2048.0, batch_size=batch_size, seed=int(seed),
                   quiet=True, fixed=_fixed_positions(adapter, plan.tokens, False))

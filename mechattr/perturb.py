@@ -45,6 +45,7 @@ from einops import repeat
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from .tl import prefix
 from .contract import Context
 from .errors import MethodError
 from .targets import Plan
@@ -210,7 +211,12 @@ def perturbed_values(
         return _deleted_values(ctx, masks)
     out = []
     base = ctx.tokens[0]
-    with torch.no_grad():
+    # Rows sorted by their first changed position share the longest prefixes within a batch;
+    # mechattr.tl.prefix computes the unperturbed prefix once (results are put back in order).
+    order = prefix.sort_order(masks) if prefix.enabled() else None
+    if order is not None:
+        masks = masks[order]
+    with torch.no_grad(), prefix.reuse(ctx):
         for sl in ctx.batches(n, with_grad=False):
             m = masks[sl]
             if rep.kind == "token":
@@ -220,7 +226,10 @@ def perturbed_values(
                 x = ctx.input_embed()[0]
                 emb = torch.where(m[..., None], rep.embed[None], x[None])
                 out.append(_evaluate(ctx, ctx.plan, base[None].expand(m.shape[0], -1), emb))
-    return torch.cat(out, dim=0)
+    vals = torch.cat(out, dim=0)
+    if order is not None:
+        vals = torch.empty_like(vals).index_copy_(0, order, vals)
+    return vals
 
 
 def _deleted_values(ctx: Context, masks: Bool[Tensor, "n pos"]) -> Float[Tensor, "n rows"]:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import mechattr as ma
-from mechattr.registry import MethodOutput
+from mechattr.contract import MethodOutput
 from mechattr.validation.controls import position_prior_scores, recency_scores
 
 

@@ -10,7 +10,7 @@ import torch
 import mechattr as ma
 from mechattr.api import resolve
 from mechattr.baselines import NAMED_BASELINES, build_baselines
-from mechattr.methods._common import Context
+from mechattr.contract import Context
 from mechattr.tl.loading import cache_dir
 
 PROMPT = "The capital of France is"

@@ -10,7 +10,8 @@ import torch
 
 import mechattr as ma
 from mechattr import groundtruth as gt
-from mechattr.registry import MethodOutput, get_method
+from mechattr.contract import MethodOutput
+from mechattr.registry import get_method
 
 
 def my_occlusion(ctx):

@@ -13,7 +13,7 @@ import torch
 
 import mechattr as ma
 from mechattr.errors import InputError
-from mechattr.registry import MethodOutput
+from mechattr.contract import MethodOutput
 from mechattr.validation import roar
 from mechattr.zoo import tasks as zt
 from mechattr.zoo import train as ztr

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import mechattr as ma
-from mechattr.registry import MethodOutput
+from mechattr.contract import MethodOutput
 from mechattr.validation.perturbation_curves import deletion_bars
 
 PROMPTS = ["The quick brown fox jumps over the lazy dog because it", "When Mary and John went to the store, John gave"]

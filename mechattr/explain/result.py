@@ -115,7 +115,7 @@ class Explanation:
     def to_json(self, path: str | os.PathLike | None = None, indent: int | None = 2) -> str:
         text = json.dumps(self.to_dict(), indent=indent)
         if path is not None:
-            from ..attribution import _atomic_write
+            from .._io import atomic_write as _atomic_write
 
             _atomic_write(Path(path), text.encode("utf-8"))
         return text
@@ -125,7 +125,7 @@ class Explanation:
 
         text = render_page(self)
         if path is not None:
-            from ..attribution import _atomic_write
+            from .._io import atomic_write as _atomic_write
 
             _atomic_write(Path(path), text.encode("utf-8"))
         return text

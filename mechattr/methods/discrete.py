@@ -139,9 +139,11 @@ def discrete_path(
     nodes = torch.empty(nb, A + 2, n_pos, d, dtype=x.dtype, device=x.device)
     nodes[:] = x  # non-moving positions keep the input everywhere
     nodes[:, 0] = baselines
-    anchor_ids = torch.full((nb, A, n_pos), -1, dtype=torch.long)
-    kept = torch.zeros(nb, A, n_pos, d, dtype=torch.bool)
+    # Filled on the input's device inside the anchor loop (no host round trip per step).
+    anchor_ids = torch.full((nb, A, n_pos), -1, dtype=torch.long, device=x.device)
+    kept = torch.zeros(nb, A, n_pos, d, dtype=torch.bool, device=x.device)
     if A == 0 or Q == 0:
+        anchor_ids, kept = anchor_ids.cpu(), kept.cpu()
         return DiscretePath(nodes, anchor_ids, kept)
 
     S = _anchor_vocab(ctx, anchor_vocab)
@@ -199,15 +201,15 @@ def discrete_path(
         new_tok = torch.where(found, tok[rows, pick], torch.full_like(pick, -1))
         cur_node = torch.where(found, cand[rows, pick], cur_node)
         visited[:, s + 1] = new_tok
-        anchor_ids[qb.cpu(), s, qp.cpu()] = new_tok.cpu()
-        kept[qb.cpu(), s, qp.cpu()] = pick_mono.cpu()
+        anchor_ids[qb, s, qp] = new_tok
+        kept[qb, s, qp] = pick_mono
         cur = new
         path.append(new)
     # path[0] = input, path[s + 1] = anchor s; nodes run baseline -> input.
     for s, pt in enumerate(path):
         nodes[qb, A + 1 - s, qp] = pt
-    anchor_ids = anchor_ids.flip(1)
-    kept = kept.flip(1)
+    anchor_ids = anchor_ids.flip(1).cpu()
+    kept = kept.flip(1).cpu()
     return DiscretePath(nodes, anchor_ids, kept)
 
 

@@ -28,6 +28,7 @@ from torch import Tensor
 from ..errors import MethodError
 from ..perturb import Features, Replacement, make_features, perturbed_values, resolve_replacement
 from ..progress import progress
+from ..tl import prefix
 from ..contract import Context, MethodOutput, register
 from ._common import check_positive_int, completeness
 
@@ -45,9 +46,10 @@ def _batched_values(ctx: Context, masks: Bool[Tensor, "n pos"], rep: Replacement
     chunks = list(ctx.batches(n, with_grad=False)) if n else [slice(0, 0)]
     if len(chunks) == 1:
         return perturbed_values(ctx, masks, rep)
-    return torch.cat(
-        [perturbed_values(ctx, masks[sl], rep) for sl in progress(chunks, desc=desc, quiet=ctx.quiet)], dim=0
-    )
+    order = prefix.sort_order(masks) if prefix.enabled() else None  # batches share long prefixes
+    m = masks if order is None else masks[order]
+    vals = torch.cat([perturbed_values(ctx, m[sl], rep) for sl in progress(chunks, desc=desc, quiet=ctx.quiet)], dim=0)
+    return vals if order is None else torch.empty_like(vals).index_copy_(0, order, vals)
 
 
 def _values(

@@ -138,7 +138,7 @@ def value_zeroing(
     with torch.no_grad():
         for layer in range(L):
             v_hook = a.attn_v(layer)
-            for sl in ctx.batches(int(src.numel()), with_grad=False):
+            for sl in ctx.batches(int(src.numel()), with_grad=False, hook_free=False):
                 js = src[sl]
                 keep = ~eye[js]  # sequence i zeroes source js[i]
                 toks = ctx.tokens.expand(js.numel(), -1)
@@ -162,5 +162,5 @@ def value_zeroing(
         scores.float(),
         dims=("layer", "target", "src"),
         params={"measure": measure, "normalize": normalize, "aggregate": aggregate, "sources": sources},
-        diagnostics={"n_forward_sequences": int(src.numel()) * L, "batch_size": ctx.max_batch(with_grad=False)},
+        diagnostics={"n_forward_sequences": int(src.numel()) * L, "batch_size": ctx.max_batch(with_grad=False, hook_free=False)},
     )

@@ -99,6 +99,7 @@ class ModelAdapter:
     _fast_key: Any = field(default=None, init=False, repr=False)
     _fast_in_guard: Any = field(default=False, init=False, repr=False)  # False: not yet checked
     _hooks_active: int = field(default=0, init=False, repr=False)
+    _prefix: Any = field(default=None, init=False, repr=False)  # an active mechattr.tl.prefix runner
 
     def __post_init__(self) -> None:
         self.kind = model_kind(self.model)
@@ -451,6 +452,10 @@ class ModelAdapter:
         """Logits at ``positions`` only (all positions when None) — the unembedding of a
         50k vocabulary is skipped where no target reads it. Without hooks, a bridge runs its
         own weights through the plain Hugging Face forward (:meth:`fast_path`)."""
+        if self._prefix is not None and _fast and not fwd_hooks:  # mechattr.tl.prefix: shared-prefix reuse
+            out = self._prefix.logits(tokens, embed, positions)
+            if out is not None:
+                return out
         if _fast and not fwd_hooks:
             fp = self.fast_path()
             if fp is not None:
@@ -486,8 +491,19 @@ class ModelAdapter:
         per_layer = 14 * self.d_model + 3 * d_mlp
         return int(per_layer * self.n_layers * self.W_E.element_size())
 
-    def attention_bytes_per_token(self, seq_len: int) -> int:
+    def attention_bytes_per_token(self, seq_len: int, hook_free: bool = False) -> int:
+        """Bytes of attention state per token in one forward+backward: ``heads x seq_len`` scores,
+        probabilities and their gradient per layer for a pass that materialises the patterns;
+        for a hook-free pass on the SDPA fast path (:mod:`mechattr.tl.fastpath`) a constant per
+        head and layer (the kernel's log-sum-exp row statistics), no ``seq_len`` term."""
+        if hook_free and self.sdpa_passes():
+            return int(2 * self.n_heads * self.n_layers * 4)
         return int(3 * self.n_heads * seq_len * self.n_layers * self.W_E.element_size())
+
+    def sdpa_passes(self) -> bool:
+        """Whether hook-free passes on this model run scaled-dot-product attention."""
+        fp = self.fast_path()
+        return bool(fp is not None and getattr(fp, "sdpa", False))
 
 
 class _CachedAdapter(ModelAdapter):

@@ -22,13 +22,30 @@ embedding and on a perturbed one, for this model (re-done when the model's param
 or hooks change). Anything else (TL 3 ``HookedTransformer``, models whose class cannot be built on the meta
 device, a failed self-check) runs through the bridge as before. ``MECHATTR_FAST_PATH=0`` turns it
 off.
+
+Attention: the Hugging Face tree is rebuilt with PyTorch's scaled-dot-product attention
+(``attn_implementation="sdpa"``, causal, no mask tensor for unpadded inputs) whatever the
+bridge's own model was loaded with (mechattr's tiny GPT-2 and many bridges load "eager"). A
+hook-free pass then never materialises the ``heads x n x n`` attention patterns, neither in the
+forward nor in what autograd keeps for the backward, so its memory grows linearly in the input
+length; :meth:`ModelAdapter.attention_bytes_per_token` drops the quadratic term for it.
+``MECHATTR_SDPA=0`` keeps the model's own implementation.
+
+Options (:func:`options`, or the environment): ``checkpoint`` (``MECHATTR_CHECKPOINT=1``)
+recomputes each block in the backward instead of keeping its activations (for inputs that still
+do not fit); ``autocast`` (``MECHATTR_AUTOCAST=bf16|fp16``) runs the passes under
+``torch.autocast`` and returns float32 logits; evaluations inside :func:`full_precision` (the
+f(x), f(baseline) of a completeness check, ``Context.values`` on embeddings) stay in float32.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
+import inspect
 import os
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -36,6 +53,60 @@ from torch import Tensor
 
 def enabled() -> bool:
     return os.environ.get("MECHATTR_FAST_PATH", "1").strip().lower() not in {"0", "false", "no", "off"}
+
+
+def sdpa_enabled() -> bool:
+    return os.environ.get("MECHATTR_SDPA", "1").strip().lower() not in {"0", "false", "no", "off"}
+
+
+_AUTOCAST_NAMES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+_OPTIONS: dict[str, Any] = {}
+
+
+def _env_options() -> dict[str, Any]:
+    ck = os.environ.get("MECHATTR_CHECKPOINT", "0").strip().lower() in {"1", "true", "yes", "on"}
+    ac = os.environ.get("MECHATTR_AUTOCAST", "").strip().lower()
+    return {"checkpoint": ck, "autocast": _AUTOCAST_NAMES.get(ac)}
+
+
+def current_options() -> dict[str, Any]:
+    """The pass options in force: :func:`options` overrides the environment."""
+    return {**_env_options(), **_OPTIONS}
+
+
+@contextlib.contextmanager
+def options(*, checkpoint: bool | None = None, autocast: Any = None) -> Iterator[None]:
+    """Options for the hook-free passes inside the block: ``checkpoint=True`` (activation
+    checkpointing per block), ``autocast=torch.bfloat16`` / ``"bf16"`` / ``torch.float16``."""
+    global _OPTIONS
+    saved = dict(_OPTIONS)
+    if checkpoint is not None:
+        _OPTIONS["checkpoint"] = bool(checkpoint)
+    if autocast is not None:
+        dt = _AUTOCAST_NAMES.get(autocast.lower()) if isinstance(autocast, str) else autocast
+        if dt not in (torch.bfloat16, torch.float16, False):
+            from ..errors import MethodError
+
+            raise MethodError(f"autocast must be 'bf16', 'fp16', torch.bfloat16 or torch.float16, got {autocast!r}.")
+        _OPTIONS["autocast"] = dt or None
+    try:
+        yield
+    finally:
+        _OPTIONS = saved
+
+
+_FULL_PRECISION = [0]
+
+
+@contextlib.contextmanager
+def full_precision() -> Iterator[None]:
+    """Passes inside the block ignore the autocast option (completeness evaluations: f(x) and
+    f(baseline) are compared against the attributions in float32)."""
+    _FULL_PRECISION[0] += 1
+    try:
+        yield
+    finally:
+        _FULL_PRECISION[0] -= 1
 
 
 def _unwrap(m: Any) -> Any:
@@ -155,6 +226,17 @@ class FastPath:
         self.base = hf.base_model
         self.head = hf.get_output_embeddings()
         self.embedding = hf.get_input_embeddings()
+        self.attn_implementation = str(getattr(hf.config, "_attn_implementation", "") or "eager")
+        params = inspect.signature(self.base.forward).parameters
+        self.cache_kw = "cache" if "cache" in params else "past_key_values"
+        self.layers = _decoder_layers(self.base)
+        for layer in self.layers:  # our own copy of the module tree: the user's modules are untouched
+            layer.forward = functools.partial(_maybe_checkpointed, layer.forward)
+
+    @property
+    def sdpa(self) -> bool:
+        """Whether the passes run scaled-dot-product attention (no n x n patterns kept)."""
+        return self.attn_implementation == "sdpa"
 
     @classmethod
     def build(cls, model: Any) -> "FastPath | None":
@@ -203,6 +285,11 @@ class FastPath:
         if any(t.is_meta for t in list(hf.parameters()) + list(hf.buffers())):
             return None
         hf.eval()
+        if sdpa_enabled():
+            try:
+                hf.set_attn_implementation("sdpa")
+            except Exception:  # a class without SDPA support keeps its own attention
+                pass
         try:
             fp = cls(hf)
         except Exception:
@@ -215,14 +302,47 @@ class FastPath:
         embed: Tensor | None = None,
         positions: Sequence[int] | None = None,
     ) -> Tensor:
-        if embed is None:
-            out = self.base(input_ids=tokens, use_cache=False, return_dict=True)
-        else:
-            out = self.base(inputs_embeds=embed, use_cache=False, return_dict=True)
-        h = out.last_hidden_state
-        if positions is not None:
-            h = h[:, list(positions)]
-        return self.head(h)
+        with self.autocast():
+            if embed is None:
+                out = self.base(input_ids=tokens, use_cache=False, return_dict=True)
+            else:
+                out = self.base(inputs_embeds=embed, use_cache=False, return_dict=True)
+            h = out.last_hidden_state
+            if positions is not None:
+                h = h[:, list(positions)]
+            logits = self.head(h)
+        return self._out(logits, tokens if embed is None else embed)
+
+    def autocast(self) -> Any:
+        dt = current_options().get("autocast")
+        if dt is None or _FULL_PRECISION[0]:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.head.weight.device.type, dtype=dt)
+
+    def _out(self, logits: Tensor, like: Tensor) -> Tensor:
+        """Autocast logits come back in float32 (targets take log-softmax of them)."""
+        if logits.dtype != torch.float32 and current_options().get("autocast") is not None:
+            return logits.float()
+        return logits
+
+
+def _decoder_layers(base: torch.nn.Module) -> list[torch.nn.Module]:
+    """The per-block modules of a Hugging Face decoder (GPT-2 ``h``, Llama-style ``layers``)."""
+    for name in ("h", "layers", "blocks", "layer"):
+        ml = getattr(base, name, None)
+        if isinstance(ml, torch.nn.ModuleList) and len(ml):
+            return list(ml)
+    return []
+
+
+def _maybe_checkpointed(forward: Any, *args: Any, **kwargs: Any) -> Any:
+    """A block's forward, recomputed in the backward (torch.utils.checkpoint) when the
+    ``checkpoint`` option is on and a gradient is being taken; plain otherwise."""
+    if current_options().get("checkpoint") and torch.is_grad_enabled():
+        from torch.utils.checkpoint import checkpoint
+
+        return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+    return forward(*args, **kwargs)
 
 
 def self_check(fp: FastPath, adapter: Any) -> bool:
