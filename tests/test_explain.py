@@ -13,7 +13,7 @@ import torch
 import mechattr as ma
 from mechattr.explain import explain, trust_rule
 from mechattr.explain.verdict import decide
-from mechattr.registry import MethodOutput
+from mechattr.contract import MethodOutput
 
 from conftest import model_unchanged
 
