@@ -24,7 +24,7 @@ from .tl.loading import DEFAULT_MODEL, builtin_models, cache_dir, load_model
 from .registry import get_method, list_methods, register
 from .validation import ValidationReport, validate
 from .report import report
-from . import groundtruth, linking, plots
+from . import circuits, groundtruth, linking, plots
 from .linking import LinearProbe, SAEFeature, head_attribution, token_feature_map, token_head_map
 from .targets import (
     Contrast,
@@ -46,6 +46,7 @@ __all__ = [
     "report",
     "plots",
     "linking",
+    "circuits",
     "groundtruth",
     "LinearProbe",
     "SAEFeature",

@@ -1,0 +1,1 @@
+"""Offline prompt-pair generators (filled in below)."""
