@@ -53,7 +53,7 @@ def _as_list(x: Any, n: int, what: str) -> list[Any]:
     return [x] * n
 
 
-def pairs_from(clean: Any, corrupt: Any, target: Any, contrast: Any) -> tuple[list, list, list, list]:
+def pairs_from(clean: Any, corrupt: Any, target: Any, contrast: Any, kind: Any = None) -> tuple[list, list, list, list, list]:
     """Normalise the accepted forms: one prompt each, two lists, or a list of task pairs
     (objects with clean/corrupt/target/contrast, e.g. from :mod:`mechattr.circuits.tasks`)."""
     if corrupt is None:
@@ -67,14 +67,15 @@ def pairs_from(clean: Any, corrupt: Any, target: Any, contrast: Any) -> tuple[li
         co = [p.corrupt for p in items]
         tg = [getattr(p, "target", None) for p in items] if target is None else _as_list(target, len(items), "target")
         ct = [getattr(p, "contrast", None) for p in items] if contrast is None else _as_list(contrast, len(items), "contrast")
-        return cl, co, tg, ct
+        kd = [getattr(p, "kind", None) for p in items] if kind is None else [kind] * len(items)
+        return cl, co, tg, ct, kd
     if isinstance(clean, (list, tuple)) != isinstance(corrupt, (list, tuple)):
         raise InputError("clean and corrupt must both be single prompts or both be lists of the same length.")
     cl = list(clean) if isinstance(clean, (list, tuple)) else [clean]
     co = list(corrupt) if isinstance(corrupt, (list, tuple)) else [corrupt]
     if len(cl) != len(co) or not cl:
         raise InputError(f"Got {len(cl)} clean and {len(co)} corrupt prompts; give the same (non-zero) number.")
-    return cl, co, _as_list(target, len(cl), "target"), _as_list(contrast, len(cl), "contrast")
+    return cl, co, _as_list(target, len(cl), "target"), _as_list(contrast, len(cl), "contrast"), [kind] * len(cl)
 
 
 def resolve_pairs(
@@ -85,9 +86,9 @@ def resolve_pairs(
     (the log-prob of the clean greedy token when both predict the same)."""
     from ..api import resolve
 
-    cl, co, tg, ct = pairs_from(clean, corrupt, target, contrast)
+    cl, co, tg, ct, kd = pairs_from(clean, corrupt, target, contrast, kind)
     out = []
-    for i, (c, k, t, f) in enumerate(zip(cl, co, tg, ct)):
+    for i, (c, k, t, f, kind) in enumerate(zip(cl, co, tg, ct, kd)):
         ctoks, ktoks = _tokens(adapter, c), _tokens(adapter, k)
         if ctoks.shape[-1] != ktoks.shape[-1]:
             raise InputError(
