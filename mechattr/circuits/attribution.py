@@ -28,6 +28,7 @@ Methods:
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from dataclasses import dataclass, field
@@ -75,7 +76,7 @@ class EdgeAttribution:
     patterns: dict[str, list[list[float]]] | None = None
 
     # ----- views -------------------------------------------------------------------------------
-    @property
+    @functools.cached_property
     def edge_scores(self) -> dict[tuple[str, str], float]:
         """``{(writer, reader): score}`` for every edge of the graph."""
         g = self.graph
