@@ -1,4 +1,4 @@
-"""Command line: ``mechattr attribute | attribute-dataset | validate | report | methods | models | demo``.
+"""Command line: ``mechattr attribute | attribute-dataset | validate | report | methods | models | demo | circuit``.
 
 Exit codes: 0 success, 1 an unexpected internal error, 2 bad usage or input (a MechattrError),
 130 interrupted. Errors print one line without a traceback unless ``--debug`` is given.
@@ -380,6 +380,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0, help="seed for stochastic methods (default 0)")
     d.add_argument("--quiet", "-q", action="store_true", help="print only the output file")
     d.set_defaults(func=cmd_demo)
+
+    from .circuits.cli import add_parser as add_circuit_parser
+
+    add_circuit_parser(sub)
     return p
 
 
