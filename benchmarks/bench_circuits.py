@@ -65,11 +65,14 @@ def main() -> None:
         make_gpt2_dir(Path(d), n_layer=args.layers, n_head=args.heads, n_embd=args.d_model, n_positions=128)
         model = _from_local_dir(Path(d), "bridge", "cpu", torch.float32)
     model.eval()
-    pairs = ma.circuits.tasks.ioi(model, n=args.pairs)
     a = ma.as_adapter(model)
-    clean = torch.cat([a.tokenize(p.clean) for p in pairs if len(a.tokenize(p.clean)[0]) == len(a.tokenize(pairs[0].clean)[0])])
-    corrupt = torch.cat([a.tokenize(p.corrupt) for p in pairs if len(a.tokenize(p.clean)[0]) == len(a.tokenize(pairs[0].clean)[0])])
-    keep = [p for p in pairs if len(a.tokenize(p.clean)[0]) == clean.shape[1]]
+    # TL stacks pairs in one tensor: keep IOI pairs of one token length (the most common one)
+    cand = ma.circuits.tasks.ioi(model, n=8 * args.pairs)
+    lens = [a.tokenize(p.clean).shape[1] for p in cand]
+    common = max(set(lens), key=lens.count)
+    keep = [p for p, n in zip(cand, lens) if n == common][: args.pairs]
+    clean = torch.cat([a.tokenize(p.clean) for p in keep])
+    corrupt = torch.cat([a.tokenize(p.corrupt) for p in keep])
     t, f = a.single_token(keep[0].target), a.single_token(keep[0].contrast)
     # one metric for all pairs (TL takes one metric function): the first pair's logit difference
     metric = lambda logits: logits[0, -1, t] - logits[0, -1, f]  # noqa: E731
