@@ -207,6 +207,13 @@ def test_scores_approach_exact_path_patching(tiny_model: Any, toks: Any, eap: An
             r = ma.circuits.edge_attribution(tiny_model, CLEAN, CORRUPT, TGT, contrast=FOIL, method=method, ig_steps=steps)
             table[(method, steps)] = pearson([r.edge_scores[e] for e in edges], truth)
     print("\nPearson with exact path patching of every edge:", {f"{m}@{s}": round(v, 4) for (m, s), v in table.items()})
+    # AtP*'s attention-saturation fix: query/key edges through the exactly recomputed pattern
+    star = ma.circuits.edge_attribution(tiny_model, CLEAN, CORRUPT, TGT, contrast=FOIL, method="atp_star")
+    qk = [e for e in edges if e[1].endswith(("<q>", "<k>"))]
+    p_eap = pearson([eap.edge_scores[e] for e in qk], [ref[e] for e in qk])
+    p_star = pearson([star.edge_scores[e] for e in qk], [ref[e] for e in qk])
+    print(f"query/key edges: Pearson eap {p_eap:.4f}, atp_star {p_star:.4f}")
+    assert p_star > p_eap
     # exact patching through mechattr's own batched path equals the reference written above
     mine = ma.circuits.patch(tiny_model, CLEAN, CORRUPT, TGT, contrast=FOIL, edges=edges[::7])
     for e, v in zip(edges[::7], mine.effects.values()):

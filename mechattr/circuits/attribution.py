@@ -21,9 +21,11 @@ Methods:
 * ``eap_ig_activations``: the MIB variant (Mueller et al. 2025): every writer's output is set to
   the same interpolation between its corrupt and clean values at each step (the gradient still
   flows through the live value), and the reader gradients are averaged over the steps.
-* ``atp_star``: AtP* (Kramár et al. 2024) GradDrop: the AtP estimate recomputed with the gradient
-  through each layer's residual contribution dropped in turn, scores
-  ``Σ_l |score_l| / (L - 1)·sign(score)``; see docs/circuits.md for what is and is not included.
+* ``atp_star``: AtP* (Kramár et al. 2024): query and key edges scored through the attention
+  pattern recomputed exactly with the writer's Δ in the head's query (key) input,
+  ``Σ (A' − A) · ∂m/∂A`` (the attention-saturation fix), and GradDrop for every edge: the estimate
+  recomputed with the gradient through each layer's residual write dropped in turn,
+  ``Σ_l |s_l| / (L − 1)`` with the sign of the undropped estimate.
 """
 
 from __future__ import annotations
@@ -365,7 +367,7 @@ def edge_attribution(
                 if method == "eap":
                     s = _contract(delta, here.grads[0], per_position)  # type: ignore[index]
                 else:
-                    s = _atp_star(adapter, graph, pp, grad_pt_toks, delta, here, per_position)
+                    s = _atp_star(adapter, graph, pp, grad_pt_toks, delta, here, per_position, batch_size)
                 cap_clean, cap_corr = (other, here) if denoise else (here, other)
             else:
                 need_z = method == "eap_ig_activations"
@@ -426,17 +428,47 @@ def _interp_values(graph: Graph, start: Capture, end: Capture) -> dict[str, tupl
     return out
 
 
-def _atp_star(adapter, graph, pp, toks, delta, here: Capture, per_position: bool) -> Tensor:
-    """AtP* GradDrop over layers (see module docstring)."""
+def _pattern_shifts(adapter, graph: Graph, toks: Tensor, delta: Tensor, batch_size: int) -> dict[tuple[int, str], Tensor]:
+    """AtP*'s attention-saturation fix (Kramár et al. 2024, §3.1): for every writer w below layer
+    l, the attention patterns of layer l recomputed exactly (softmax included) with w's Δ added
+    to the query inputs (port q) or the key inputs (port k) of the layer's heads, minus the
+    unpatched patterns: {(layer, port): [writer, head, query pos, key pos]}. The heads of a layer
+    do not interact before their patterns, so one batch row patches all of them at once."""
+    out: dict[tuple[int, str], Tensor] = {}
+    wst = torch.tensor(graph.writer_stage)
+    for layer in range(graph.n_layers):
+        pname = f"blocks.{layer}.attn.hook_pattern"
+        n_avail = int((wst < 2 * layer + 1).sum())
+        with G.split_flags(adapter), torch.no_grad():
+            base = adapter.run_until(toks, pname)
+            for port, hook in (("q", G.q_in(layer)), ("k", G.k_in(layer))):
+                chunks = []
+                for i in range(0, n_avail, batch_size):
+                    d = delta[:, i : min(n_avail, i + batch_size)].permute(1, 0, 2)  # b p d
+
+                    def add(x: Tensor, hook: Any, d: Tensor = d) -> Tensor:
+                        return x + d[:, :, None, :].to(x.dtype)
+
+                    pat = adapter.run_until(toks.expand(d.shape[0], -1), pname, fwd_hooks=[(hook, add)])
+                    chunks.append(pat - base)
+                out[(layer, port)] = torch.cat(chunks)
+    return out
+
+
+def _atp_star(adapter, graph, pp, toks, delta, here: Capture, per_position: bool, batch_size: int = 8) -> Tensor:
+    """AtP* (Kramár et al. 2024): the query/key edges scored through the exactly recomputed
+    attention pattern, (A'(w) − A) · ∂m/∂A, and GradDrop over layers for every edge:
+    Σ_l |s_l| / (L − 1) with the sign of the undropped estimate s."""
     from ._core import metric as _metric
 
-    plain = _contract(delta, here.grads[0], per_position)  # type: ignore[index]
-    L = graph.n_layers
-    if L < 2:
-        return plain
-    tot = torch.zeros_like(plain)
+    if per_position:
+        raise MethodError("atp_star has no per-position scores (its query/key edges sum over query-key "
+                          "position pairs); use per_position=False or another method.")
+    shifts = _pattern_shifts(adapter, graph, toks, delta, max(batch_size, 64))
     rhooks = graph.reader_hooks()
-    for layer in range(L):
+    L, H, g = graph.n_layers, graph.n_heads, graph.group
+
+    def one(drop_layer: int | None) -> Tensor:
         taps: dict[str, Tensor] = {}
 
         def tap(name: str):
@@ -451,23 +483,48 @@ def _atp_star(adapter, graph, pp, toks, delta, here: Capture, per_position: bool
             # forward value unchanged, no gradient back through this layer's residual write
             return x.detach()
 
-        hooks = [(G.attn_out(layer), drop)]
-        if graph.has_mlp:
-            hooks.append((G.mlp_out(layer), drop))
-        hooks += [(n, tap(n)) for n, _, _ in rhooks]
+        hooks: list = []
+        if drop_layer is not None:
+            hooks.append((G.attn_out(drop_layer), drop))
+            if graph.has_mlp:
+                hooks.append((G.mlp_out(drop_layer), drop))
+        pnames = [f"blocks.{layer}.attn.hook_pattern" for layer in range(L)]
+        names_all = [n for n, _, _ in rhooks] + pnames
+        hooks += [(n, tap(n)) for n in names_all]
         with G.split_flags(adapter), torch.enable_grad():
             m = _metric(adapter, pp.plan, toks, None, hooks)
-            names = [n for n, _, _ in rhooks if n in taps]
+            names = [n for n in names_all if n in taps]
             gs = torch.autograd.grad(m.sum(), [taps[n] for n in names], allow_unused=True)
-        got = {n: g for n, g in zip(names, gs)}
+        got = {n: gr for n, gr in zip(names, gs)}
         parts = []
         for n, _, sl in rhooks:
-            g = got.get(n)
+            gr = got.get(n)
             k = sl.stop - sl.start
             parts.append(torch.zeros(1, toks.shape[-1], k, adapter.d_model, dtype=adapter.dtype, device=adapter.device)
-                         if g is None else G.as_heads(g))
-        grads = torch.cat(parts, dim=2)[0]
-        tot = tot + _contract(delta, grads, per_position).abs()
+                         if gr is None else G.as_heads(gr))
+        s = _contract(delta, torch.cat(parts, dim=2)[0], False)
+        for layer in range(L):
+            ga = got.get(pnames[layer])
+            lr = graph.layer_readers(layer)
+            for port in ("q", "k"):
+                dA = shifts[(layer, port)]  # w h q k
+                n_w = dA.shape[0]
+                if ga is None:
+                    val = torch.zeros(n_w, H, dtype=torch.float64)
+                else:
+                    val = einsum(dA.double(), ga[0].double(), "w h q k, h q k -> w h")
+                if port == "k" and g > 1:
+                    val = val.reshape(n_w, H // g, g).sum(-1)
+                sl = lr[port]
+                s[:n_w, sl] = val.to(s.device)
+        return s
+
+    plain = one(None)
+    if L < 2:
+        return plain
+    tot = torch.zeros_like(plain)
+    for layer in range(L):
+        tot = tot + one(layer).abs()
     return tot / (L - 1) * torch.sign(plain)
 
 
