@@ -326,17 +326,20 @@ def edge_attribution(
 
     Args:
         model: a TransformerLens model (HookedTransformer or TransformerBridge).
-        clean, corrupt: one prompt each, two lists of prompts (pairs; scores are averaged over
+        clean: one prompt, a list of prompts (pairs with ``corrupt``; scores are averaged over
             pairs), or a list of task pairs from :mod:`mechattr.circuits.tasks` with corrupt=None.
-            A pair must have the same token length.
-        target, contrast, kind: the metric, as for :func:`mechattr.attribute` (one for all pairs or
-            a list with one per pair). Default: logit difference between the clean and corrupt
-            prompts' greedy next tokens. Probes, SAE features and functions work too.
+        corrupt: the corrupted prompt(s), each of the same token length as its clean prompt.
+        target: the metric, as for :func:`mechattr.attribute` (one for all pairs or a list with
+            one per pair). Default: logit difference between the clean and corrupt prompts'
+            greedy next tokens. Probes, SAE features and functions work too.
+        contrast: a foil token (or one per pair): the metric becomes target vs foil.
+        kind: the target kind (``logit_diff`` by default with a contrast).
         method: ``eap``, ``eap_ig_inputs``, ``eap_ig_activations`` or ``atp_star``.
         ig_steps: gradient points of the EAP-IG methods.
         batch_size: gradient points per forward pass.
         direction: ``"denoise"`` (default) or ``"noise"``, see CONVENTIONS / docs/circuits.md.
         per_position: also keep the scores per position (pairs of one length only).
+        keep_patterns: store the first clean prompt's attention patterns for the display.
     """
     t0 = time.perf_counter()
     if method not in METHODS:
