@@ -112,6 +112,11 @@ def main() -> None:
         cases.append((f"zoo:{task}", task, zm, zoo_pairs(task, n)))
     for model_name, task, model, pairs in cases:
         for method in METHODS + ("random",):
+            if args.quick and method == "atp_star" and model_name.startswith("SmolLM2"):
+                # L + 1 = 31 backward passes plus the per-writer pattern recomputation: more than
+                # 10 minutes for 2 pairs on the shared 2-core machine; not run in --quick
+                rows.append({"method": method, "model": model_name, "task": task, "skipped": True})
+                continue
             r = measure(model, pairs, method, steps)
             r.update(model=model_name, task=task)
             print(r, flush=True)
@@ -127,6 +132,9 @@ def main() -> None:
              "", "| model | task | edges | method | CPR ↑ | CMD ↓ | f@5% | seconds | peak MB |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        if r.get("skipped"):
+            lines.append(f"| {r['model']} | {r['task']} | | {r['method']} | not run in --quick (over 10 min for 2 pairs here) | | | | |")
+            continue
         lines.append(f"| {r['model']} | {r['task']} | {r['n_edges']} | {r['method']} | {r['cpr']:.3f} | {r['cmd']:.3f} | "
                      f"{r['f5']:.3f} | {r['seconds']:.2f} | {r['peak_mb']:.0f} |")
     lines += ["", f"Command: `OMP_NUM_THREADS=1 python scripts/make_circuits_doc.py{' --quick' if args.quick else ''}`", ""]
