@@ -8,7 +8,7 @@ VENV ?= .venv
 VENV_TL3 ?= .venv-tl3
 XLANE_DIR ?= .ci-artifacts/xlane
 # -rs: every skipped test is listed with its reason in the summary (e.g. no chromium for the browser test)
-PYTEST_ARGS ?= -q -p no:cacheprovider -rs
+PYTEST_ARGS ?= -q -p no:cacheprovider -rfEs
 
 .PHONY: demo test test-tl4 test-tl3 venv venv-tl3 bench clean browser
 

@@ -27,7 +27,7 @@ from .validation import ValidationReport, validate
 from .report import report
 from .sensitivity import BaselineSensitivity, baseline_sensitivity
 from .explain import Explanation, explain
-from . import groundtruth, linking, plots
+from . import circuits, groundtruth, linking, plots
 from .linking import LinearProbe, SAEFeature, head_attribution, token_feature_map, token_head_map
 from .targets import (
     Contrast,
@@ -53,6 +53,7 @@ __all__ = [
     "Explanation",
     "plots",
     "linking",
+    "circuits",
     "groundtruth",
     "LinearProbe",
     "SAEFeature",

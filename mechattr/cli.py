@@ -1,4 +1,4 @@
-"""Command line: ``mechattr explain | attribute | attribute-dataset | validate | report | methods | models | demo``.
+"""Command line: ``mechattr explain | attribute | attribute-dataset | validate | report | circuit | methods | models | demo``.
 
 Exit codes: 0 success, 1 an unexpected internal error, 2 bad usage or input (a MechattrError),
 130 interrupted. Errors print one line without a traceback unless ``--debug`` is given.
@@ -425,6 +425,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="mechattr-demo.html", help="the first page (the others get -agreement and -pun suffixes)")
     d.add_argument("--quiet", "-q", action="store_true", help="print only the output file")
     d.set_defaults(func=cmd_demo)
+
+    from .circuits.cli import add_parser as add_circuit_parser
+
+    add_circuit_parser(sub, [P["seed"], P["model"], P["quiet"]])
     return p
 
 

@@ -32,7 +32,7 @@ CASES = [
     ("occlusion", "The capital of France is", " Paris", {}),
     ("shapley", "The capital of France is", " Paris", {}),
     ("lime", "The capital of France is", " Paris", {"n_samples": 64}),
-    ("dig", "The capital of France is", " Paris", {"n_steps": 18, "anchor_vocab": 500}),
+    ("dig", "The capital of France is", " Paris", {"n_steps": 18, "n_anchors": 8, "anchor_vocab": 500}),
 ]
 
 

@@ -133,7 +133,7 @@ def test_fault_half_way_leaves_model_unchanged(tiny_model, monkeypatch):
     calls = {"n": 0}
     real = contract.Context.max_batch
 
-    def tiny_batches(self, with_grad=True):
+    def tiny_batches(self, with_grad=True, hook_free=True):
         return 2
 
     orig_eval = None

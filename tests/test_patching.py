@@ -27,7 +27,7 @@ def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def _activation_patching(model: Any, clean: str, corrupt: str, token: str, direction: str = "noise") -> torch.Tensor:
-    """Exact patching per head, one forward each (CONVENTIONS.md):
+    """Exact patching per head, one forward each (docs/circuits.md, sign convention):
     noise: log p(token | clean, head (l, h)'s z from the corrupted run) − log p(token | clean);
     denoise: log p(token | corrupt, head (l, h)'s z from the clean run) − log p(token | corrupt)."""
     a = ma.as_adapter(model)
@@ -77,7 +77,7 @@ def test_rank_correlation_with_activation_patching(tiny_model: Any) -> None:
 
 def test_direction_signs_match_exact_patching_each_way(tiny_model: Any) -> None:
     """#19 item 7: the default is "denoise" and each direction's scores estimate the exact
-    patching effect of the same name (signs included), as CONVENTIONS.md defines them; the
+    patching effect of the same name (signs included), as docs/circuits.md defines them; the
     convention is recorded in the result, its records and its JSON."""
     import json
     import warnings

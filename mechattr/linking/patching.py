@@ -72,7 +72,7 @@ class PatchingResult:
     grad_at: str  # where the gradient was taken: "clean", "corrupt" or "path" (EAP-IG)
     backend: str
     diagnostics: dict[str, Any] = field(default_factory=dict)
-    # Sign convention (CONVENTIONS: "denoise" = (clean − corrupt)·∇|corrupt, "noise" =
+    # Sign convention (docs/circuits.md, sign convention: "denoise" = (clean − corrupt)·∇|corrupt, "noise" =
     # (corrupt − clean)·∇|clean); see the module docstring.
     direction: str = "denoise"
 
@@ -174,7 +174,7 @@ def head_attribution(
     """Attribution patching (``ig_steps=1``) or EAP-IG (``ig_steps>1``) between a clean and a
     corrupted prompt of the same token length; see the module docstring.
 
-    ``direction``: ``"denoise"`` (default) or ``"noise"`` (CONVENTIONS.md). ``grad_at`` is
+    ``direction``: ``"denoise"`` (default) or ``"noise"`` (docs/circuits.md, sign convention). ``grad_at`` is
     deprecated (``"corrupt"`` = denoise, ``"clean"`` = noise, with the noise sign).
 
     ``backend="transformer_lens"`` computes heads and MLPs with TL 4's
@@ -235,7 +235,7 @@ def head_attribution(
                 w = weights[i : i + batch_size].to(e_clean.device)
                 for n in all_names:
                     grads[n] += einsum(gs[n].double(), w, "b ..., b -> ...")
-        # denoise: (a_clean − a_corrupt)·∇; noise: (a_corrupt − a_clean)·∇ (CONVENTIONS.md)
+        # denoise: (a_clean − a_corrupt)·∇; noise: (a_corrupt − a_clean)·∇ (docs/circuits.md, sign convention)
         sign = 1.0 if direction == "denoise" else -1.0
         delta = {n: sign * (a_clean[n][0] - a_corr[n][0]).double() for n in all_names}
         heads_by_pos = torch.stack([(delta[n] * grads[n]).sum(-1) for n in names["z"]])  # l p h

@@ -1,0 +1,105 @@
+"""All-edge attribution patching: mechattr's ``eap`` against TransformerLens 4.3's
+``attribution_patch(granularity="edge")`` on the same random GPT-2-shaped model and pairs,
+side by side in one process; and ``eap_ig_inputs`` with m steps against ``eap``.
+
+Time: wall-clock seconds of the call (median of ``--repeat``). Peak memory: the process's peak
+resident set size during the call (Linux VmHWM, reset before each call through
+/proc/self/clear_refs), minus the resident size before it.
+
+    python benchmarks/bench_circuits.py [--layers 12] [--heads 12] [--d-model 768] [--pairs 8]
+                                        [--steps 5] [--repeat 3]
+
+GPT-2 small is the default shape; on a shared 2-core machine run a small one, e.g.
+``--layers 2 --heads 4 --d-model 128 --pairs 2``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+
+def _rss_mb(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def measure(fn: Callable[[], Any], repeat: int) -> tuple[float, float]:
+    times, peaks = [], []
+    for _ in range(repeat):
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError:
+            pass
+        before = _rss_mb("VmRSS")
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+        peaks.append(_rss_mb("VmHWM") - before)
+    return statistics.median(times), max(peaks)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--layers", type=int, default=12)
+    ap.add_argument("--heads", type=int, default=12)
+    ap.add_argument("--d-model", type=int, default=768)
+    ap.add_argument("--pairs", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+
+    import mechattr as ma
+    from mechattr.tl.loading import _from_local_dir, make_gpt2_dir
+    from transformer_lens.tools.analysis import attribution_patching as ap_tl
+
+    with tempfile.TemporaryDirectory() as d:
+        make_gpt2_dir(Path(d), n_layer=args.layers, n_head=args.heads, n_embd=args.d_model, n_positions=128)
+        model = _from_local_dir(Path(d), "bridge", "cpu", torch.float32)
+    model.eval()
+    a = ma.as_adapter(model)
+    # TL stacks pairs in one tensor: keep IOI pairs of one token length (the most common one)
+    cand = ma.circuits.tasks.ioi(model, n=8 * args.pairs)
+    lens = [a.tokenize(p.clean).shape[1] for p in cand]
+    common = max(set(lens), key=lens.count)
+    keep = [p for p, n in zip(cand, lens) if n == common][: args.pairs]
+    clean = torch.cat([a.tokenize(p.clean) for p in keep])
+    corrupt = torch.cat([a.tokenize(p.corrupt) for p in keep])
+    t, f = a.single_token(keep[0].target), a.single_token(keep[0].contrast)
+    # one metric for all pairs (TL takes one metric function): the first pair's logit difference
+    metric = lambda logits: logits[0, -1, t] - logits[0, -1, f]  # noqa: E731
+    cl_txt, co_txt = [p.clean for p in keep], [p.corrupt for p in keep]
+    target, contrast = keep[0].target, keep[0].contrast
+    print(f"model: random GPT-2 {args.layers} layers x {args.heads} heads, d_model {args.d_model}; "
+          f"{len(keep)} pairs of {clean.shape[1]} tokens; torch threads {torch.get_num_threads()}")
+
+    with torch.no_grad():
+        model(clean[:1])  # warm up (a bridge wires its hooks on the first forward)
+    runs = {
+        "mechattr eap": lambda: ma.circuits.edge_attribution(model, cl_txt, co_txt, target, contrast=contrast,
+                                                             method="eap", keep_patterns=False),
+        "TL 4.3 attribution_patch(edge)": lambda: ap_tl.attribution_patch(
+            model, clean, corrupt, metric, ap_tl.EdgeAttributionConfig(granularity="edge")),
+        f"mechattr eap_ig_inputs m={args.steps}": lambda: ma.circuits.edge_attribution(
+            model, cl_txt, co_txt, target, contrast=contrast, method="eap_ig_inputs", ig_steps=args.steps,
+            batch_size=args.steps, keep_patterns=False),
+    }
+    res = {k: measure(fn, args.repeat) for k, fn in runs.items()}
+    for k, (s, m) in res.items():
+        print(f"{k:40s} {s:8.3f} s   peak +{m:8.1f} MB")
+    e, tl = res["mechattr eap"], res["TL 4.3 attribution_patch(edge)"]
+    ig = res[f"mechattr eap_ig_inputs m={args.steps}"]
+    print(f"eap / TL: time {e[0] / tl[0]:.2f}x, peak memory {e[1] / max(tl[1], 1e-9):.2f}x")
+    print(f"eap_ig_inputs m={args.steps} / eap: time {ig[0] / e[0]:.2f}x (target <= {args.steps + 1})")
+
+
+if __name__ == "__main__":
+    main()
