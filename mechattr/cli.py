@@ -403,7 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--target", "-t", default=None, help="the next token to explain (default: the model's own prediction)")
     e.add_argument("--contrast", "-c", default=None, help="a foil token: explain target vs foil")
     e.add_argument("--counterfactual", default=None, help="a prompt of the same token length that changes the answer; names the heads that carry the difference")
-    e.add_argument("--budget", default="fast", choices=["fast", "thorough"], help="fast: input x gradient, occlusion (+ LRP/GIM when installed); thorough: + IG, SHAP, rollout/flow")
+    e.add_argument("--budget", default="fast", choices=["fast", "thorough"], help="fast: input x gradient, occlusion, AttnLRP, CP-LRP, GIM; thorough: + IG, SHAP, rollout/flow")
     e.add_argument("--top-k", type=int, default=2, help="how many tokens the answer names at most (default 2)")
     e.add_argument("--html", default=None, help="write the offline page here")
     e.add_argument("--json", default=None, help="write the explanation as JSON here ('-' for stdout)")

@@ -19,7 +19,8 @@ from ..errors import InputError, MechattrError
 from ..registry import get_method
 
 BUDGETS = ("fast", "thorough")
-# Modified-backward methods added on another branch (issue #17); used when registered.
+# The one-backward rule-based methods (AttnLRP, CP-LRP, GIM); looked up in the registry, so a
+# build without one of them still runs.
 OPTIONAL_FAST = ("attnlrp", "cp_lrp", "gim")
 EXACT_SHAPLEY_MAX = 8  # 2^8 coalitions: exact Shapley values are cheaper than a good kernel SHAP fit
 
