@@ -1,6 +1,6 @@
 """Linking the answer to the model: the token × head map for the tokens that matter, the heads
-that carry a counterfactual difference (EAP-IG head attribution, and the circuits package's edges
-when it is installed), and integrated gradients' baseline sensitivity."""
+that carry a counterfactual difference (EAP-IG head attribution and the circuits package's
+edge attribution), and integrated gradients' baseline sensitivity."""
 
 from __future__ import annotations
 
