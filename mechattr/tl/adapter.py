@@ -279,8 +279,13 @@ class ModelAdapter:
     ) -> Iterator[Any]:
         """Add hooks for the duration of a block; they are removed also when the block raises."""
         self._hooks_active += 1
+        edits_norm = any(isinstance(n, str) and n.endswith(("hook_scale", "hook_normalized")) for n, _ in fwd_hooks)
         try:
-            with self.model.hooks(fwd_hooks=list(fwd_hooks), bwd_hooks=list(bwd_hooks)):
+            with self.model.hooks(fwd_hooks=list(fwd_hooks), bwd_hooks=list(bwd_hooks)), warnings.catch_warnings():
+                if edits_norm:
+                    # TL 4's bridge warns that a hook edited a norm's scale (so it recomputes the norm
+                    # from the hooked values); holding the scale fixed is what these hooks are for.
+                    warnings.filterwarnings("ignore", message="A forward hook edited hook_scale")
                 yield self.model
         except KeyError as e:  # unknown hook name
             missing = str(e.args[0]) if e.args else ""
