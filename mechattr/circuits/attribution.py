@@ -42,6 +42,7 @@ from einops import einsum
 from jaxtyping import Float
 from torch import Tensor
 
+from ..tl import hooks as hk
 from ..errors import InputError, MethodError, ResultFileError
 from ..methods._common import rule_points
 from ..tl.adapter import as_adapter
@@ -438,7 +439,7 @@ def _pattern_shifts(adapter, graph: Graph, toks: Tensor, delta: Tensor, batch_si
     out: dict[tuple[int, str], Tensor] = {}
     wst = torch.tensor(graph.writer_stage)
     for layer in range(graph.n_layers):
-        pname = f"blocks.{layer}.attn.hook_pattern"
+        pname = hk.attn_pattern(layer)
         n_avail = int((wst < 2 * layer + 1).sum())
         with G.split_flags(adapter), torch.no_grad():
             base = adapter.run_until(toks, pname)
@@ -489,7 +490,7 @@ def _atp_star(adapter, graph, pp, toks, delta, here: Capture, per_position: bool
             hooks.append((G.attn_out(drop_layer), drop))
             if graph.has_mlp:
                 hooks.append((G.mlp_out(drop_layer), drop))
-        pnames = [f"blocks.{layer}.attn.hook_pattern" for layer in range(L)]
+        pnames = [hk.attn_pattern(layer) for layer in range(L)]
         names_all = [n for n, _, _ in rhooks] + pnames
         hooks += [(n, tap(n)) for n in names_all]
         with G.split_flags(adapter), torch.enable_grad():
@@ -533,7 +534,7 @@ def _patterns(adapter, pp: PairPlan) -> dict[str, list[list[float]]]:
     box: dict[str, Tensor] = {}
     hooks = []
     for layer in range(adapter.n_layers):
-        name = f"blocks.{layer}.attn.hook_pattern"
+        name = hk.attn_pattern(layer)
 
         def fn(x: Tensor, hook: Any, name: str = name) -> None:
             box[name] = x.detach()
@@ -546,7 +547,7 @@ def _patterns(adapter, pp: PairPlan) -> dict[str, list[list[float]]]:
         return {}
     out = {}
     for layer in range(adapter.n_layers):
-        x = box.get(f"blocks.{layer}.attn.hook_pattern")
+        x = box.get(hk.attn_pattern(layer))
         if x is None:
             continue
         for h in range(x.shape[1]):

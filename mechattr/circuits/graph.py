@@ -27,45 +27,15 @@ from typing import Any, Iterable, Iterator, Sequence
 import torch
 from torch import Tensor
 
+from ..tl import hooks as hk
 from ..errors import InputError, ModelError, suggest
 from ..tl.adapter import ModelAdapter
+from ..tl.hooks import attn_out, attn_result as result, attn_z as z_hook, k_in, mlp_in, mlp_out, q_in, v_in
 
-EMBED = "hook_embed"
+EMBED = hk.EMBED
 _READER_RE = re.compile(r"^a(\d+)\.h(\d+)<([qkv])>$")
 _HEAD_RE = re.compile(r"^a(\d+)\.h(\d+)$")
 _MLP_RE = re.compile(r"^m(\d+)$")
-
-
-def q_in(layer: int) -> str:
-    return f"blocks.{layer}.hook_q_input"
-
-
-def k_in(layer: int) -> str:
-    return f"blocks.{layer}.hook_k_input"
-
-
-def v_in(layer: int) -> str:
-    return f"blocks.{layer}.hook_v_input"
-
-
-def mlp_in(layer: int) -> str:
-    return f"blocks.{layer}.hook_mlp_in"
-
-
-def result(layer: int) -> str:
-    return f"blocks.{layer}.attn.hook_result"
-
-
-def mlp_out(layer: int) -> str:
-    return f"blocks.{layer}.hook_mlp_out"
-
-
-def attn_out(layer: int) -> str:
-    return f"blocks.{layer}.hook_attn_out"
-
-
-def z_hook(layer: int) -> str:
-    return f"blocks.{layer}.attn.hook_z"
 
 
 @dataclass(frozen=True)
@@ -251,7 +221,7 @@ class Graph:
             out += [(q_in(layer), "q", lr["q"]), (k_in(layer), "k", lr["k"]), (v_in(layer), "v", lr["v"])]
             if self.has_mlp:
                 out.append((mlp_in(layer), "mlp", lr["mlp"]))
-        out.append((f"blocks.{self.n_layers - 1}.hook_resid_post", "logits", slice(len(self.readers) - 1, len(self.readers))))
+        out.append((hk.resid_post(self.n_layers - 1), "logits", slice(len(self.readers) - 1, len(self.readers))))
         return out
 
     def writer_hooks(self) -> list[tuple[str, slice]]:

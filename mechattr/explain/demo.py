@@ -54,7 +54,9 @@ def fit_pun_probe(model: Any, steps: int = 200, l2: float = 1e-2, seed: int = 0)
     from ..linking import LinearProbe
 
     adapter = ma.as_adapter(model)
-    hook = f"blocks.{adapter.n_layers // 2}.hook_resid_post"
+    from ..tl import hooks as hk
+
+    hook = hk.resid_post(adapter.n_layers // 2)
     sents = PUNS + LITERAL
     y = torch.tensor([1.0] * len(PUNS) + [0.0] * len(LITERAL))
     seqs = [adapter.tokenize(s)[0] for s in sents]

@@ -177,7 +177,7 @@ class RuleHooks:
                 out.append(hk.ln_scale(l, 1))
                 if not _cfg(a, "attn_only", False) and not _cfg(a, "parallel_attn_mlp", False):
                     out.append(hk.ln_scale(l, 2))
-            out.append("ln_final.hook_scale")
+            out.append(hk.LN_FINAL_SCALE)
         if r.act_identity and not _cfg(a, "attn_only", False):
             out += [hk.mlp_hook(l, k) for l in range(L) for k in ("pre", "post")]
         for l in range(L):
@@ -214,7 +214,7 @@ class RuleHooks:
                     (hk.mlp_hook(l, "post"), self._mlp_post(l)),
                 ]
                 if self._has_linear is None:
-                    self._has_linear = bool(_cfg(a, "gated_mlp", False)) or a.has_hook("blocks.0.mlp.hook_pre_linear")
+                    self._has_linear = bool(_cfg(a, "gated_mlp", False)) or a.has_hook(hk.mlp_hook(0, "pre_linear"))
                 if self._has_linear:
                     hooks.append((hk.mlp_hook(l, "pre_linear"), self._keep(l, "pre_linear")))
             for kind, s in (("q", r.q_scale), ("k", r.k_scale), ("v", r.v_scale)):

@@ -70,6 +70,33 @@ def mlp_hook(layer: int, kind: str) -> str:
     return f"blocks.{layer}.mlp.hook_{kind}"
 
 
+def q_in(layer: int) -> str:
+    """The query input of every head of ``layer`` (TL's split-input hooks, ``use_split_qkv_input``)."""
+    return f"blocks.{layer}.hook_q_input"
+
+
+def k_in(layer: int) -> str:
+    return f"blocks.{layer}.hook_k_input"
+
+
+def v_in(layer: int) -> str:
+    return f"blocks.{layer}.hook_v_input"
+
+
+def mlp_in(layer: int) -> str:
+    """The MLP's input (``use_hook_mlp_in``)."""
+    return f"blocks.{layer}.hook_mlp_in"
+
+
+def attn_result(layer: int) -> str:
+    """Each head's output in the residual basis (``use_attn_result``)."""
+    return f"blocks.{layer}.attn.hook_result"
+
+
+def attn_out(layer: int) -> str:
+    return f"blocks.{layer}.hook_attn_out"
+
+
 def replace_embed(embed: Tensor) -> Hook:
     """A hook that hands the forward ``embed`` instead of the token embedding."""
     return (EMBED, lambda x, hook: embed)
