@@ -67,28 +67,19 @@ def counterfactual_heads(adapter: Any, text: str, cf: str, target: Any, contrast
     except MechattrError as e:  # e.g. attention that is not a sum of heads: the head scores above stand
         out["edges_note"] = f"edge attribution failed: {type(e).__name__}: {e}"
     return out
-    try:
-        er = edge_attribution(adapter.model, text, cf, target, contrast=contrast, kind=kind)
-        out["edges"] = [f"{w}->{r} {float(sc):+.3g}" for w, r, sc in er.top_edges(10)]
-    except Exception as e:  # noqa: BLE001 - optional extra; the heads above stand without it
-        out["edges_note"] = f"edge attribution failed: {type(e).__name__}: {e}"
-    return out
 
 
 def baseline_sensitivity(adapter: Any, plan: Any, ig: Any, seed: int, prompt: Any, model: Any, text: str, target: Any, contrast: Any) -> dict[str, Any]:
     """How much IG's ranking depends on its baseline: Spearman between IG with the default
-    baseline and IG with the mean embedding (``ma.baseline_sensitivity`` is used when it exists)."""
+    baseline and IG with the mean embedding, or :func:`mechattr.baseline_sensitivity`'s verdict."""
     from ..sensitivity import baseline_sensitivity as fn
 
-    if fn is not None:
-        try:
-            r = fn(model, text, target, contrast=contrast)
-            summary = getattr(r, "verdict", None) or (r.summary() if hasattr(r, "summary") else r)
-            return {"source": "ma.baseline_sensitivity", "result": str(summary)[:2000]}
-        except Exception as e:  # noqa: BLE001 - fall back to the two-baseline comparison
-            note = f"ma.baseline_sensitivity failed ({type(e).__name__}: {e}); "
-    else:
-        note = ""
+    try:
+        r = fn(model, text, target, contrast=contrast)
+        summary = getattr(r, "verdict", None) or (r.summary() if hasattr(r, "summary") else r)
+        return {"source": "ma.baseline_sensitivity", "result": str(summary)[:2000]}
+    except MechattrError as e:  # e.g. fewer than two usable baselines for this tokenizer
+        note = f"ma.baseline_sensitivity failed ({type(e).__name__}: {e}); "
     from ..api import run_method
     from ..validation.stats import spearman
 
