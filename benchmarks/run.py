@@ -135,8 +135,9 @@ def _mechattr_batch(n_tokens: int) -> int:
         def activation_bytes_per_token(self) -> int:
             return (14 * 768 + 3 * 3072) * 12 * 4
 
-        def attention_bytes_per_token(self, n: int) -> int:
-            return 3 * 12 * n * 12 * 4
+        def attention_bytes_per_token(self, n: int, hook_free: bool = False) -> int:
+            # the bridge's fast path runs SDPA for hook-free passes (ModelAdapter's estimate)
+            return 2 * 12 * 12 * 4 if hook_free else 3 * 12 * n * 12 * 4
 
     class _P:
         tokens = torch.zeros(1, n_tokens, dtype=torch.long)
