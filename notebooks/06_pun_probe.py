@@ -42,6 +42,7 @@ import torch
 import mechattr as ma
 import mechattr.linking as lk
 from mechattr import plots
+from mechattr.linking.probes import fit_logistic
 from mechattr.validation import spearman
 
 MODEL_NAME = os.environ.get("MECHATTR_NOTEBOOK_MODEL", "smollm2-135m")
@@ -139,19 +140,7 @@ STEPS = 100 if FAST else 300
 
 def fit_probe(x: torch.Tensor, y: torch.Tensor, steps: int = STEPS, l2: float = 1e-2, seed: int = 0):
     """Logistic regression on standardised features; returns (weight, bias) on the raw features."""
-    mu, sd = x.mean(0), x.std(0).clamp_min(1e-6)
-    z = (x - mu) / sd
-    g = torch.Generator().manual_seed(seed)
-    w = (0.01 * torch.randn(x.shape[1], generator=g)).requires_grad_(True)
-    b = torch.zeros((), requires_grad=True)
-    opt = torch.optim.Adam([w, b], lr=0.05)
-    for _ in range(steps):
-        opt.zero_grad()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(z @ w + b, y) + l2 * (w ** 2).sum()
-        loss.backward()
-        opt.step()
-    w, b = w.detach(), b.detach()
-    return w / sd, b - (w * mu / sd).sum()
+    return fit_logistic(x, y, steps=steps, l2=l2, seed=seed)
 
 
 perm = torch.randperm(len(PUNS), generator=torch.Generator().manual_seed(0))

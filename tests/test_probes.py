@@ -149,3 +149,22 @@ def test_zoo_probe_ablation() -> None:
         changes.append(abs(float(v - base)))
     print("zoo probe |change| top-3 / bottom-3:", changes, "truth", truth, "top", order[:3].tolist())
     assert changes[0] > changes[1]
+
+
+def test_fit_logistic_separates_and_reads_raw_features():
+    """fit_logistic returns weights on the raw features, with the standardisation it fits on folded
+    in."""
+    from mechattr.linking.probes import fit_logistic
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 6, generator=g) * torch.tensor([1.0, 10.0, 0.1, 1.0, 1.0, 1.0]) + 3.0
+    y = (x[:, 1] > 3.0).float()  # the mean of feature 1: about half of each class
+    assert 10 < int(y.sum()) < 30
+    w, b = fit_logistic(x, y, steps=300)
+    assert ((x @ w + b > 0).float() == y).float().mean() >= 0.9  # L2-penalised: points at the boundary may fall either side
+    # standardise-then-fold: rescaling a feature rescales its raw weight inversely and leaves the
+    # logits unchanged (without the standardisation, or with a wrong fold, they would move)
+    s = torch.tensor([1.0, 100.0, 0.01, 5.0, 1.0, 0.2])
+    w_s, b_s = fit_logistic(x * s, y, steps=300)
+    assert torch.allclose((x * s) @ w_s + b_s, x @ w + b, atol=1e-3)
+    assert int(torch.argmax((w * x.std(0)).abs())) == 1  # the one informative feature

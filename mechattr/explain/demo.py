@@ -52,6 +52,7 @@ def fit_pun_probe(model: Any, steps: int = 200, l2: float = 1e-2, seed: int = 0)
     """A ``LinearProbe`` (pun vs literal) at the middle layer's residual stream, last token."""
     import mechattr as ma
     from ..linking import LinearProbe
+    from ..linking.probes import fit_logistic
 
     adapter = ma.as_adapter(model)
     from ..tl import hooks as hk
@@ -65,20 +66,8 @@ def fit_pun_probe(model: Any, steps: int = 200, l2: float = 1e-2, seed: int = 0)
     batch = torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True, padding_value=int(seqs[0][-1]))
     with torch.no_grad(), adapter.guard():
         x = adapter.run_until(batch, hook)[torch.arange(len(seqs)), lengths - 1].float()
-    mu, sd = x.mean(0), x.std(0).clamp_min(1e-6)
-    z = (x - mu) / sd
-    g = torch.Generator().manual_seed(seed)
-    w = (0.01 * torch.randn(x.shape[1], generator=g)).requires_grad_(True)
-    b = torch.zeros((), requires_grad=True)
-    opt = torch.optim.Adam([w, b], lr=0.05)
-    with torch.enable_grad():
-        for _ in range(steps):
-            opt.zero_grad()
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(z @ w + b, y) + l2 * (w**2).sum()
-            loss.backward()
-            opt.step()
-    w, b = w.detach(), b.detach()
-    return LinearProbe(w / sd, b - (w * mu / sd).sum(), hook=hook, label="pun logit")
+    w, b = fit_logistic(x, y, steps=steps, l2=l2, seed=seed)
+    return LinearProbe(w, b, hook=hook, label="pun logit")
 
 
 def examples(model: Any) -> list[tuple[str, str, dict[str, Any]]]:

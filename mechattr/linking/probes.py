@@ -157,3 +157,26 @@ class LinearProbe(Target):
 
 
 __all__ = ["LinearProbe", "ProbePlan"]
+
+
+def fit_logistic(
+    x: Float[Tensor, "n d"], y: Float[Tensor, " n"], *, steps: int = 300, l2: float = 1e-2, seed: int = 0
+) -> tuple[Float[Tensor, " d"], Float[Tensor, ""]]:
+    """Binary logistic regression on standardised features (Adam, L2 penalty), returned as
+    ``(weight, bias)`` on the raw features, so ``LinearProbe(weight, bias, hook=...)`` reads the
+    residual stream directly. For probes on a handful of sentences, where d >> n."""
+    x, y = x.float(), y.float()
+    mu, sd = x.mean(0), x.std(0).clamp_min(1e-6)
+    z = (x - mu) / sd
+    g = torch.Generator().manual_seed(seed)
+    w = (0.01 * torch.randn(x.shape[1], generator=g)).requires_grad_(True)
+    b = torch.zeros((), requires_grad=True)
+    opt = torch.optim.Adam([w, b], lr=0.05)
+    with torch.enable_grad():
+        for _ in range(steps):
+            opt.zero_grad()
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(z @ w + b, y) + l2 * (w**2).sum()
+            loss.backward()
+            opt.step()
+    w, b = w.detach(), b.detach()
+    return w / sd, b - (w * mu / sd).sum()
