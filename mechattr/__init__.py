@@ -12,9 +12,12 @@ from .attribution import Attribution
 from .dataset import DatasetRun, attribute_dataset, load_dataset_results
 from .display import compare
 from .errors import (
+    ConfigWarning,
+    FastPathWarning,
     HookError,
     InputError,
     MechattrError,
+    MechattrWarning,
     MethodError,
     ModelError,
     ResultFileError,
@@ -90,4 +93,7 @@ __all__ = [
     "ModelError",
     "HookError",
     "ResultFileError",
+    "MechattrWarning",
+    "FastPathWarning",
+    "ConfigWarning",
 ]
