@@ -36,6 +36,27 @@ def tiny_hooked() -> Any:
     return ma.load_model("tiny-gpt2", kind="hooked")
 
 
+@pytest.fixture(scope="session")
+def tiny_gqa(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A random 2-layer Llama (bias-free RMSNorm, rotary positions) with 4 query heads sharing 2
+    key/value heads, on the real GPT-2 tokenizer; its zero embedding is degenerate."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from mechattr.tl.loading import gpt2_tokenizer
+
+    tok = gpt2_tokenizer()
+    d = tmp_path_factory.mktemp("tiny_gqa")
+    cfg = LlamaConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).save_pretrained(d)
+    tok.save_pretrained(d)
+    return ma.load_model(str(d))
+
+
 def model_fingerprint(model: Any) -> dict[str, Any]:
     return {
         "params": {n: p.detach().clone() for n, p in model.named_parameters()},

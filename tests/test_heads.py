@@ -17,26 +17,6 @@ from .conftest import model_unchanged
 PROMPT = "The cat sat on the"
 
 
-@pytest.fixture(scope="module")
-def tiny_gqa(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """A random 2-layer Llama with 4 query heads sharing 2 key/value heads."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from mechattr.tl.loading import gpt2_tokenizer
-
-    tok = gpt2_tokenizer()
-    d = tmp_path_factory.mktemp("tiny_gqa")
-    cfg = LlamaConfig(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-    )
-    torch.manual_seed(0)
-    LlamaForCausalLM(cfg).save_pretrained(d)
-    tok.save_pretrained(d)
-    return ma.load_model(str(d))
-
-
 def _capture(model: Any, tokens: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
     box: dict[str, torch.Tensor] = {}
     hooks = [(n, (lambda n: lambda x, hook: box.__setitem__(n, x.detach().clone()))(n)) for n in names]

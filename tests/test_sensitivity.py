@@ -138,35 +138,15 @@ def test_skipped_rows_say_why(sens: Any) -> None:
     assert "skipped" in text and "verdict:" in text
 
 
-@pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """A random bias-free RMSNorm model with rotary positions: its zero embedding is degenerate."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from mechattr.tl.loading import gpt2_tokenizer
-
-    tok = gpt2_tokenizer()
-    d = tmp_path_factory.mktemp("tiny_llama_bs")
-    cfg = LlamaConfig(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-    )
-    torch.manual_seed(0)
-    LlamaForCausalLM(cfg).save_pretrained(d)
-    tok.save_pretrained(d)
-    return ma.load_model(str(d))
-
-
-def test_zero_is_skipped_where_it_is_degenerate(tiny_llama: Any) -> None:
-    with model_unchanged(tiny_llama):
+def test_zero_is_skipped_where_it_is_degenerate(tiny_gqa: Any) -> None:
+    with model_unchanged(tiny_gqa):
         # Without a BOS (as SmolLM2's tokenizer): a fixed BOS would keep the residual non-zero.
-        s = ma.baseline_sensitivity(tiny_llama, PROMPT, " Paris", baselines=["zero", "pad", "mean"],
+        s = ma.baseline_sensitivity(tiny_gqa, PROMPT, " Paris", baselines=["zero", "pad", "mean"],
                                     prepend_bos=False, n_steps=4, rule="gausslegendre")
     assert set(s.skipped) == {"zero"} and "degenerate" in s.skipped["zero"]
     assert s.labels == ["pad", "mean"]
     # With the BOS held fixed the zero point is regular again, and zero runs.
-    s = ma.baseline_sensitivity(tiny_llama, PROMPT, " Paris", baselines=["zero", "mean"], n_steps=2,
+    s = ma.baseline_sensitivity(tiny_gqa, PROMPT, " Paris", baselines=["zero", "mean"], n_steps=2,
                                 rule="gausslegendre")
     assert s.skipped == {}
 
