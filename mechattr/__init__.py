@@ -18,6 +18,7 @@ from .errors import (
     InputError,
     MechattrError,
     MechattrWarning,
+    UnknownTokenWarning,
     MethodError,
     ModelError,
     ResultFileError,
@@ -96,4 +97,5 @@ __all__ = [
     "MechattrWarning",
     "FastPathWarning",
     "ConfigWarning",
+    "UnknownTokenWarning",
 ]

@@ -49,6 +49,11 @@ class ConfigWarning(MechattrWarning):
     """A model config field mechattr sets for its own bookkeeping could not be set."""
 
 
+class UnknownTokenWarning(MechattrWarning):
+    """Words of a prompt that the model's tokenizer maps to its unknown token (``<unk>``): the model
+    reads them all as the same token, so an attribution to them is an attribution to ``<unk>``."""
+
+
 def suggest(name: str, choices: Iterable[str]) -> str:
     """A ' Did you mean ...?' suffix for an unknown name, or ''."""
     close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.5)

@@ -231,3 +231,22 @@ def test_smollm2_paris_names_france_and_capital():
     card = page[page.index('id="answer-card"'):page.index("Evidence")]
     assert "Methods trusted on this prompt" in card and "deletion beats every control" in card
     assert "capital" in card and "France" in card and "Heads that carry it" in card
+
+
+def test_words_outside_the_vocabulary_are_named_on_the_card_and_warned(agreement, tmp_path) -> None:
+    """A zoo model reads words it does not know as <unk>: the call warns with the words, and the
+    answer card and the summary say so (before, the page silently explained '<unk>')."""
+    with pytest.warns(ma.UnknownTokenWarning, match="'cat'"):
+        ex = explain(agreement, "the cat under the old box", "is", methods=["input_x_gradient", "occlusion"])
+    assert ex.diagnostics["unknown words"] == ["cat"]
+    assert "'cat'" in ex.summary() and "vocabulary" in ex.summary()
+    page = ex.to_html()
+    assert "has no token for" in page and "cat" in page.split("has no token for", 1)[1][:200]
+    # a prompt the model knows: no warning, nothing on the card
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ma.UnknownTokenWarning)
+        ok = explain(agreement, *AGREE_PROMPT, methods=["input_x_gradient", "occlusion"])
+    assert ok.diagnostics["unknown words"] == []
+    assert "vocabulary" not in ok.summary()

@@ -255,7 +255,7 @@ def explain(
         "seconds": round(time.perf_counter() - t_start, 3),
         "seconds per method": {m.label: round(float(m.diagnostics.get("seconds", 0.0)), 3) for m in mres},
         "validation seconds": vmeta.get("seconds"),
-        "position/recency controls": "computed in mechattr.explain.checks (not yet offered by mechattr.validate)",
+        "unknown words": adapter.unknown_words(text),
         "failed methods": {m.label: m.error for m in mres if m.error},
     }
     agreement = {"labels": agr.data["labels"], "spearman": agr.data["matrices"]["spearman"]}

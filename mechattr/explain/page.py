@@ -84,6 +84,13 @@ def _card(ex: Any) -> str:
         else f'<span class="tok" style="background:#9ae6b4;font-weight:700">{_e(t)}</span>'
         for i, t in enumerate(ex.tokens)
     )
+    unknown = ex.diagnostics.get("unknown words") or []
+    if unknown:
+        strip += (
+            "<p class='verdict v-none'><b>Warning:</b> the model's vocabulary has no token for "
+            + ", ".join(_tok(w) for w in unknown)
+            + "; the model read each as its unknown token, so the page explains that token, not these words.</p>"
+        )
     vclass = f"v-{ex.verdict.status}"
     verdict = f'<div class="verdict {vclass}"><b>Verdict:</b> {_e(ex.verdict.text)}</div>'
     if ex.matter:

@@ -72,6 +72,9 @@ class Explanation:
             + (f" (p = {p['prob']:.3g})" if p.get("prob") is not None else ""),
             f"verdict: {self.verdict.text}",
         ]
+        if self.diagnostics.get("unknown words"):
+            lines.append("warning: not in the model's vocabulary (read as its unknown token): "
+                         + ", ".join(repr(w) for w in self.diagnostics["unknown words"]))
         for t in self.matter:
             eff = t["deletion_effect"]
             lines.append(

@@ -18,7 +18,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from ..errors import FastPathWarning, HookError, InputError, ModelError, TargetError, suggest
+from ..errors import FastPathWarning, HookError, InputError, ModelError, TargetError, UnknownTokenWarning, suggest
 from . import hooks as hooknames
 
 EMBED_HOOK = hooknames.EMBED
@@ -192,11 +192,38 @@ class ModelAdapter:
         if text == "":
             raise InputError("The prompt is empty: give at least one character of text to attribute.")
         ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        unknown = self.unknown_words(text, ids)
+        if unknown:
+            warnings.warn(
+                f"{len(unknown)} word(s) of the prompt are not in the model's vocabulary and are read as "
+                f"its unknown token: {', '.join(repr(w) for w in unknown[:8])}. Attributions to them are "
+                "attributions to that one token; use words the model knows (for a zoo model, its task's "
+                "words: mechattr.zoo.tasks.get_task(name).words).",
+                UnknownTokenWarning, stacklevel=3,
+            )
         if self.prepend_bos:
             ids = [int(self.tokenizer.bos_token_id)] + ids
         if not ids:
             raise InputError(f"The prompt {text!r} produced no tokens.")
         return self.check_length(torch.tensor([ids], dtype=torch.long, device=self.device))
+
+    def unknown_words(self, text: str, ids: Sequence[int] | None = None) -> list[str]:
+        """The pieces of ``text`` the tokenizer maps to its unknown token (not counting the unknown
+        token written out literally). Empty for byte-level tokenizers, which have no unknown words."""
+        unk = getattr(self.tokenizer, "unk_token_id", None)
+        if unk is None:
+            return []
+        if ids is None:
+            ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        if unk not in ids:
+            return []
+        unk_str = getattr(self.tokenizer, "unk_token", None)
+        try:
+            enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+            pieces = [text[a:b].strip() for i, (a, b) in zip(enc["input_ids"], enc["offset_mapping"]) if i == unk]
+        except (NotImplementedError, KeyError, TypeError, ValueError):  # slow tokenizers have no offsets
+            pieces = ["?"] * sum(1 for i in ids if i == unk)
+        return [p for p in pieces if p != unk_str]
 
     def check_length(self, tokens: Tensor) -> Tensor:
         if tokens.shape[-1] > self.n_ctx:
