@@ -120,13 +120,14 @@ class EdgeAttribution:
         mode: str = "greedy",
         absolute: bool = True,
         prune: bool = True,
+        fill: bool = True,
     ) -> list[tuple[str, str]]:
         """The edges of the circuit at ``budget`` (a fraction of all edges in (0, 1]) or
         ``n_edges``; see :func:`mechattr.circuits.select.select_edges`."""
         from .select import select_edges
 
         mask = select_edges(self.graph, self.scores, budget=budget, n_edges=n_edges, mode=mode,
-                            absolute=absolute, prune=prune)
+                            absolute=absolute, prune=prune, fill=fill)
         return [(self.graph.writers[w], self.graph.readers[r]) for w, r in mask.nonzero().tolist()]
 
     def to_mib_json(self, budget: float | None = None, n_edges: int | None = None, **kw: Any) -> dict[str, Any]:
