@@ -11,6 +11,12 @@ resident set size during the call (Linux VmHWM, reset before each call through
 
 GPT-2 small is the default shape; on a shared 2-core machine run a small one, e.g.
 ``--layers 2 --heads 4 --d-model 128 --pairs 2``.
+
+    python benchmarks/bench_circuits.py --smollm2 [--pairs 8] [--repeat 3]
+
+SmolLM2-135M instead: all-edge ``eap`` on IOI pairs of one token length against one forward +
+backward pass of the plain model on the same batch (the pairs' corrupt prompts stacked, gradient of
+the summed logit differences with respect to the token embeddings), both in this process.
 """
 
 from __future__ import annotations
@@ -55,7 +61,10 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=8)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--smollm2", action="store_true", help="SmolLM2-135M: eap against forward + backward passes")
     args = ap.parse_args()
+    if args.smollm2:
+        return smollm2(args)
 
     import mechattr as ma
     from mechattr.tl.loading import _from_local_dir, make_gpt2_dir
@@ -99,6 +108,49 @@ def main() -> None:
     ig = res[f"mechattr eap_ig_inputs m={args.steps}"]
     print(f"eap / TL: time {e[0] / tl[0]:.2f}x, peak memory {e[1] / max(tl[1], 1e-9):.2f}x")
     print(f"eap_ig_inputs m={args.steps} / eap: time {ig[0] / e[0]:.2f}x (target <= {args.steps + 1})")
+
+
+def same_length_ioi(model: Any, n: int) -> list[Any]:
+    import mechattr as ma
+
+    a = ma.as_adapter(model)
+    cand = ma.circuits.tasks.ioi(model, n=8 * n)
+    lens = [a.tokenize(p.clean).shape[1] for p in cand]
+    common = max(set(lens), key=lens.count)
+    return [p for p, k in zip(cand, lens) if k == common][:n]
+
+
+def smollm2(args: Any) -> None:
+    import mechattr as ma
+
+    model = ma.load_model("smollm2-135m")
+    a = ma.as_adapter(model)
+    pairs = same_length_ioi(model, args.pairs)
+    corrupt = torch.cat([a.tokenize(p.corrupt) for p in pairs])
+    tg = torch.tensor([a.single_token(p.target) for p in pairs])
+    ct = torch.tensor([a.single_token(p.contrast) for p in pairs])
+    rows = torch.arange(len(pairs))
+    print(f"model: SmolLM2-135M; {len(pairs)} IOI pairs of {corrupt.shape[1]} tokens; torch threads {torch.get_num_threads()}")
+
+    from mechattr.tl.hooks import EMBED
+
+    def fwd_bwd() -> None:
+        emb = a.embed(corrupt).detach().requires_grad_(True)
+        with a.hooks(fwd_hooks=[(EMBED, lambda x, hook: emb)]):
+            logits = model(corrupt)
+        (logits[rows, -1, tg] - logits[rows, -1, ct]).sum().backward()
+
+    with torch.no_grad():
+        model(corrupt[:1])
+    runs = {
+        "forward+backward, batch of the pairs": fwd_bwd,
+        "mechattr eap, all edges": lambda: ma.circuits.edge_attribution(model, pairs, method="eap", keep_patterns=False),
+    }
+    res = {k: measure(fn, args.repeat) for k, fn in runs.items()}
+    for k, (sec, mb) in res.items():
+        print(f"{k:40s} {sec:8.3f} s   peak +{mb:8.1f} MB")
+    e, fb = res["mechattr eap, all edges"], res["forward+backward, batch of the pairs"]
+    print(f"eap / (forward+backward): {e[0] / fb[0]:.2f} passes' worth (target <= 3)")
 
 
 if __name__ == "__main__":
