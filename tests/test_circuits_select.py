@@ -99,3 +99,22 @@ def test_faithfulness_many_equals_one_at_a_time(tiny_model: Any, eap: Any) -> No
         ma.circuits.faithfulness_many(tiny_model, [], CLEAN, CORRUPT, TGT, contrast=FOIL)
     with pytest.raises(ma.errors.MechattrError):
         ma.circuits.enumerate_circuits(eap.graph, 0)
+
+
+@pytest.mark.parametrize("direction", ["denoise", "noise"])
+def test_stacked_eap_equals_pair_by_pair(tiny_model: Any, direction: str) -> None:
+    """eap stacks pairs of one token length into one pass; batch_size=1 runs them one by one."""
+    clean = [CLEAN, "The capital of Spain is", "The old capital of France is", "The capital of Egypt is"]
+    corrupt = [CORRUPT, "The capital of Japan is", "The old capital of Italy is", "The capital of Chile is"]
+    kw: dict[str, Any] = {"contrast": FOIL, "method": "eap", "direction": direction, "keep_patterns": False}
+    with model_unchanged(tiny_model):
+        one = ma.circuits.edge_attribution(tiny_model, clean, corrupt, TGT, batch_size=1, **kw)
+        many = ma.circuits.edge_attribution(tiny_model, clean, corrupt, TGT, batch_size=3, **kw)
+    scale = float(one.scores.abs().max())
+    assert float((one.scores - many.scores).abs().max()) <= 1e-5 * scale
+    assert one.diagnostics["metric_clean_per_pair"] == pytest.approx(many.diagnostics["metric_clean_per_pair"], abs=1e-5)
+    assert one.diagnostics["metric_corrupt_per_pair"] == pytest.approx(many.diagnostics["metric_corrupt_per_pair"], abs=1e-5)
+    groups = ma.circuits._core.stackable(
+        ma.circuits._core.resolve_pairs(ma.as_adapter(tiny_model), clean, corrupt, TGT, FOIL, None), 3)
+    assert sorted(len(g) for g in groups) in ([1, 3], [1, 1, 2], [2, 2], [4]) and max(len(g) for g in groups) <= 3
+    assert any(len(g) > 1 for g in groups)  # something was stacked

@@ -336,7 +336,8 @@ def edge_attribution(
         kind: the target kind (``logit_diff`` by default with a contrast).
         method: ``eap``, ``eap_ig_inputs``, ``eap_ig_activations`` or ``atp_star``.
         ig_steps: gradient points of the EAP-IG methods.
-        batch_size: gradient points per forward pass.
+        batch_size: gradient points per forward pass; for ``eap``, pairs per pass (pairs of one
+            token length with logit targets are stacked).
         direction: ``"denoise"`` (default) or ``"noise"``, see docs/circuits.md.
         per_position: also keep the scores per position (pairs of one length only).
         keep_patterns: store the first clean prompt's attention patterns for the display.
@@ -358,7 +359,12 @@ def edge_attribution(
         total = None
         mc, mk = [], []
         patterns: dict[str, list[list[float]]] = {}
-        for i, pp in enumerate(pairs):
+        if method == "eap":
+            # pairs of one token length share their passes (a plan per batch row)
+            total = _eap_stacked(adapter, graph, pairs, direction, per_position, batch_size, mc, mk)
+            if keep_patterns:
+                patterns = _patterns(adapter, pairs[0])
+        for i, pp in enumerate(pairs if method != "eap" else []):
             first = i == 0
             denoise = direction == "denoise"
             # the run whose gradient is taken (denoise: corrupt) and the run Δ points to
@@ -415,6 +421,39 @@ def edge_attribution(
                      "metric_delta": (sum(mc) - sum(mk)) / len(mc) * (1 if direction == "denoise" else -1)},
         patterns=patterns or None,
     )
+
+
+def _eap_stacked(adapter, graph, pairs: list[PairPlan], direction: str, per_position: bool, batch_size: int,
+                 mc: list[float], mk: list[float]) -> Tensor:
+    """Σ over pairs of the eap scores, pairs stacked ``batch_size`` to a pass (same length, logit
+    targets; others alone): a no-grad pass on the run Δ points to, a forward + backward on the
+    other. Appends each pair's clean and corrupt metric to ``mc`` / ``mk`` in pair order."""
+    from ._core import stackable
+
+    denoise = direction == "denoise"
+    total = None
+    got: dict[int, tuple[float, float]] = {}
+    for gi, grp in enumerate(stackable(pairs, batch_size)):
+        plans = [pairs[i].plan for i in grp] if len(grp) > 1 else pairs[grp[0]].plan
+        cl = torch.cat([pairs[i].clean for i in grp])
+        co = torch.cat([pairs[i].corrupt for i in grp])
+        grad_pt, other_t = (co, cl) if denoise else (cl, co)
+        other = run(adapter, graph, plans, other_t, check_sum=gi == 0)
+        here = run(adapter, graph, plans, grad_pt, grad=True)
+        delta = other.writers - here.writers
+        if per_position:
+            s = einsum(delta.double(), here.grads.double(), "b p w d, b p r d -> p w r")  # type: ignore[union-attr]
+        else:
+            s = einsum(delta, here.grads, "b p w d, b p r d -> w r").double()  # type: ignore[arg-type]
+        total = s if total is None else total + s
+        m_o, m_h = other.metric.tolist(), here.metric.tolist()
+        for k, i in enumerate(grp):
+            got[i] = (m_o[k], m_h[k]) if denoise else (m_h[k], m_o[k])
+    for i in range(len(pairs)):
+        mc.append(got[i][0])
+        mk.append(got[i][1])
+    assert total is not None
+    return total
 
 
 def _interp_values(graph: Graph, start: Capture, end: Capture) -> dict[str, tuple[Tensor, Tensor]]:
