@@ -2,7 +2,8 @@
 ``attribution_patch(granularity="edge")`` on the same random GPT-2-shaped model and pairs,
 side by side in one process; and ``eap_ig_inputs`` with m steps against ``eap``.
 
-Time: wall-clock seconds of the call (median of ``--repeat``). Peak memory: the process's peak
+Time: wall-clock seconds of the call (median of ``--repeat`` rounds; the runs take turns in each
+round). Peak memory: the process's peak
 resident set size during the call (Linux VmHWM, reset before each call through
 /proc/self/clear_refs), minus the resident size before it.
 
@@ -22,6 +23,7 @@ the summed logit differences with respect to the token embeddings), both in this
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -38,19 +40,25 @@ def _rss_mb(field: str) -> float:
     return float("nan")
 
 
-def measure(fn: Callable[[], Any], repeat: int) -> tuple[float, float]:
-    times, peaks = [], []
+def measure_one(fn: Callable[[], Any]) -> tuple[float, float]:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+    before = _rss_mb("VmRSS")
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0, _rss_mb("VmHWM") - before
+
+
+def measure_all(runs: dict[str, Callable[[], Any]], repeat: int) -> dict[str, tuple[float, float]]:
+    """Median seconds and largest peak of each run; the runs take turns round by round, so a
+    change in the machine's load falls on all of them alike."""
+    got: dict[str, list[tuple[float, float]]] = {k: [] for k in runs}
     for _ in range(repeat):
-        try:
-            Path("/proc/self/clear_refs").write_text("5")
-        except OSError:
-            pass
-        before = _rss_mb("VmRSS")
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-        peaks.append(_rss_mb("VmHWM") - before)
-    return statistics.median(times), max(peaks)
+        for k, fn in runs.items():
+            got[k].append(measure_one(fn))
+    return {k: (statistics.median(t for t, _ in v), max(m for _, m in v)) for k, v in got.items()}
 
 
 def main() -> None:
@@ -63,6 +71,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--smollm2", action="store_true", help="SmolLM2-135M: eap against forward + backward passes")
     args = ap.parse_args()
+    torch.set_num_threads(1)
+    print(f"load average before: {' / '.join(f'{v:.1f}' for v in os.getloadavg())}")
     if args.smollm2:
         return smollm2(args)
 
@@ -101,13 +111,14 @@ def main() -> None:
             model, cl_txt, co_txt, target, contrast=contrast, method="eap_ig_inputs", ig_steps=args.steps,
             batch_size=args.steps, keep_patterns=False),
     }
-    res = {k: measure(fn, args.repeat) for k, fn in runs.items()}
+    res = measure_all(runs, args.repeat)
     for k, (s, m) in res.items():
         print(f"{k:40s} {s:8.3f} s   peak +{m:8.1f} MB")
     e, tl = res["mechattr eap"], res["TL 4.3 attribution_patch(edge)"]
     ig = res[f"mechattr eap_ig_inputs m={args.steps}"]
     print(f"eap / TL: time {e[0] / tl[0]:.2f}x, peak memory {e[1] / max(tl[1], 1e-9):.2f}x")
     print(f"eap_ig_inputs m={args.steps} / eap: time {ig[0] / e[0]:.2f}x (target <= {args.steps + 1})")
+    print(f"load average after: {' / '.join(f'{v:.1f}' for v in os.getloadavg())}")
 
 
 def same_length_ioi(model: Any, n: int) -> list[Any]:
@@ -146,11 +157,12 @@ def smollm2(args: Any) -> None:
         "forward+backward, batch of the pairs": fwd_bwd,
         "mechattr eap, all edges": lambda: ma.circuits.edge_attribution(model, pairs, method="eap", keep_patterns=False),
     }
-    res = {k: measure(fn, args.repeat) for k, fn in runs.items()}
+    res = measure_all(runs, args.repeat)
     for k, (sec, mb) in res.items():
         print(f"{k:40s} {sec:8.3f} s   peak +{mb:8.1f} MB")
     e, fb = res["mechattr eap, all edges"], res["forward+backward, batch of the pairs"]
     print(f"eap / (forward+backward): {e[0] / fb[0]:.2f} passes' worth (target <= 3)")
+    print(f"load average after: {' / '.join(f'{v:.1f}' for v in os.getloadavg())}")
 
 
 if __name__ == "__main__":

@@ -163,15 +163,13 @@ def run(
     keep_z: bool = False,
     check_sum: bool = False,
     writer_values: dict[str, Tensor] | None = None,
-    readers: bool = True,
 ) -> Capture:
     """One forward (and backward when ``grad``) inside :func:`graph.split_flags`.
 
     Captures every writer's residual contribution and, with ``grad``, the gradient of the metric
     (summed over the batch) at every reader input. ``writer_values`` replaces the value of writer
     hooks (``hook_embed``, ``attn.hook_z``, ``hook_mlp_out``) while letting the gradient flow
-    through the live value (straight-through), as EAP-IG-activations needs. ``readers=False``
-    (no-gradient passes that only read writers) leaves the per-head reader inputs off."""
+    through the live value (straight-through), as EAP-IG-activations needs."""
     b = tokens.shape[0] if embed is None else embed.shape[0]
     tokens = tokens.expand(b, -1)
     box: dict[str, Tensor] = {}
@@ -212,7 +210,7 @@ def run(
     rhooks = graph.reader_hooks()
     if grad:
         hooks += [(name, tap(name)) for name, _, _ in rhooks]
-    with G.split_flags(adapter, readers=readers or grad), (torch.enable_grad() if grad else torch.no_grad()):
+    with G.split_flags(adapter), (torch.enable_grad() if grad else torch.no_grad()):
         m = metric(adapter, plan, tokens, embed, hooks)
         grads = None
         if grad:

@@ -459,7 +459,7 @@ def _eap_stacked(adapter, graph, pairs: list[PairPlan], direction: str, per_posi
         cl = torch.cat([pairs[i].clean for i in grp])
         co = torch.cat([pairs[i].corrupt for i in grp])
         grad_pt, other_t = (co, cl) if denoise else (cl, co)
-        other = run(adapter, graph, plans, other_t, check_sum=gi == 0, readers=False)
+        other = run(adapter, graph, plans, other_t, check_sum=gi == 0)
         here = run(adapter, graph, plans, grad_pt, grad=True)
         delta = other.writers - here.writers
         if per_position:

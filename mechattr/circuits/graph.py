@@ -243,15 +243,12 @@ def as_heads(x: Tensor) -> Tensor:
 
 
 @contextlib.contextmanager
-def split_flags(adapter: ModelAdapter, readers: bool = True) -> Iterator[None]:
+def split_flags(adapter: ModelAdapter) -> Iterator[None]:
     """Turn on the per-head reader and writer hooks (TransformerLens' ``use_split_qkv_input``,
     ``use_attn_result``, ``use_hook_mlp_in``) and give the caller's flags back afterwards, also
-    when the block raises. ``readers=False``: only the per-head writer hook (``use_attn_result``),
-    for passes that read writers and nothing at the readers (cheaper: no per-head q/k/v inputs)."""
+    when the block raises."""
     model, cfg = adapter.model, adapter.cfg
     names = ("use_attn_in", "use_split_qkv_input", "use_attn_result", "use_hook_mlp_in")
-    if not readers:
-        names = ("use_attn_in", "use_attn_result")
     saved = {n: bool(getattr(cfg, n, False)) for n in names}
 
     def set_flag(n: str, v: bool) -> None:
