@@ -85,7 +85,7 @@ def gpt2_edge_metric(sd, tokens, corr, keep, target, n_heads=4):
     L = (W - 1) // (H + 1)
     keep_t = rearrange(keep.to(wte.dtype), "b w r -> b r w")
     diff = torch.zeros(B, W, P * d, dtype=wte.dtype)  # live - corrupt, writer-major
-    live = torch.zeros(B, W, P, d, dtype=wte.dtype)
+    live = torch.zeros(B, W, P, d, dtype=wte.dtype) if B == 1 else None  # only plain runs return it
     const = sd["transformer.wpe.weight"][:P].clone()
     csum = torch.zeros(P, d, dtype=wte.dtype)
     n = 0
@@ -93,7 +93,8 @@ def gpt2_edge_metric(sd, tokens, corr, keep, target, n_heads=4):
     def push(x):
         nonlocal n, csum
         x = x.expand(B, P, d)
-        live[:, n] = x
+        if live is not None:
+            live[:, n] = x
         diff[:, n] = (x - corr[n]).reshape(B, P * d)
         csum = csum + corr[n]
         n += 1
@@ -128,7 +129,7 @@ def gpt2_edge_metric(sd, tokens, corr, keep, target, n_heads=4):
     return x @ wte[target], live
 
 
-def reference_f(model: Any, pairs: list, keeps: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+def reference_f(model: Any, pairs: list, keeps: torch.Tensor, chunk: int = 512) -> torch.Tensor:
     """f of each circuit mask in ``keeps`` [n, W, R] (corrupt ablation, metrics averaged over the
     pairs before the ratio), computed with :func:`gpt2_edge_metric` from the safetensors file."""
     sd = load_file(str(model_dir("induction") / "model.safetensors"))
