@@ -25,12 +25,16 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
+
+# this checkout's mechattr, not an installed copy (the script's own folder is first on sys.path)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def _rss_mb(field: str) -> float:
@@ -149,7 +153,8 @@ def smollm2(args: Any) -> None:
         emb = a.embed(corrupt).detach().requires_grad_(True)
         with a.hooks(fwd_hooks=[(EMBED, lambda x, hook: emb)]):
             logits = model(corrupt)
-        (logits[rows, -1, tg] - logits[rows, -1, ct]).sum().backward()
+        # the gradient at the input only, as eap's backward (no weight gradients left behind)
+        torch.autograd.grad((logits[rows, -1, tg] - logits[rows, -1, ct]).sum(), emb)
 
     with torch.no_grad():
         model(corrupt[:1])
