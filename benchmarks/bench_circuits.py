@@ -109,6 +109,8 @@ def main() -> None:
     runs = {
         "mechattr eap": lambda: ma.circuits.edge_attribution(model, cl_txt, co_txt, target, contrast=contrast,
                                                              method="eap", keep_patterns=False),
+        "mechattr eap, one pair per pass": lambda: ma.circuits.edge_attribution(
+            model, cl_txt, co_txt, target, contrast=contrast, method="eap", batch_size=1, keep_patterns=False),
         "TL 4.3 attribution_patch(edge)": lambda: ap_tl.attribution_patch(
             model, clean, corrupt, metric, ap_tl.EdgeAttributionConfig(granularity="edge")),
         f"mechattr eap_ig_inputs m={args.steps}": lambda: ma.circuits.edge_attribution(
@@ -121,6 +123,8 @@ def main() -> None:
     e, tl = res["mechattr eap"], res["TL 4.3 attribution_patch(edge)"]
     ig = res[f"mechattr eap_ig_inputs m={args.steps}"]
     print(f"eap / TL: time {e[0] / tl[0]:.2f}x, peak memory {e[1] / max(tl[1], 1e-9):.2f}x")
+    e1 = res["mechattr eap, one pair per pass"]
+    print(f"eap one pair per pass / TL: time {e1[0] / tl[0]:.2f}x, peak memory {e1[1] / max(tl[1], 1e-9):.2f}x")
     print(f"eap_ig_inputs m={args.steps} / eap: time {ig[0] / e[0]:.2f}x (target <= {args.steps + 1})")
     print(f"load average after: {' / '.join(f'{v:.1f}' for v in os.getloadavg())}")
 
