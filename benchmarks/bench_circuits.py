@@ -13,6 +13,12 @@ resident set size during the call (Linux VmHWM, reset before each call through
 GPT-2 small is the default shape; on a shared 2-core machine run a small one, e.g.
 ``--layers 2 --heads 4 --d-model 128 --pairs 2``.
 
+    python benchmarks/bench_circuits.py --memory [shape options]
+
+Peak memory of each run in a fresh process of its own (model built, one warm-up forward, then the
+run once): in one process an allocator that keeps freed memory makes a run's peak depend on what
+ran before it.
+
     python benchmarks/bench_circuits.py --smollm2 [--pairs 8] [--repeat 3]
 
 SmolLM2-135M instead: all-edge ``eap`` on IOI pairs of one token length against one forward +
@@ -74,6 +80,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--smollm2", action="store_true", help="SmolLM2-135M: eap against forward + backward passes")
+    ap.add_argument("--memory", action="store_true",
+                    help="peak memory of each run in a fresh process of its own (an allocator that keeps "
+                         "freed memory makes in-process peaks depend on what ran before)")
+    ap.add_argument("--only", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(1)
     print(f"load average before: {' / '.join(f'{v:.1f}' for v in os.getloadavg())}")
@@ -117,6 +127,21 @@ def main() -> None:
             model, cl_txt, co_txt, target, contrast=contrast, method="eap_ig_inputs", ig_steps=args.steps,
             batch_size=args.steps, keep_patterns=False),
     }
+    if args.only is not None:
+        sec, mb = measure_one(runs[args.only])
+        print(f"ONLY {sec:.3f} {mb:.1f}")
+        return
+    if args.memory:
+        import subprocess
+
+        base = [sys.executable, str(Path(__file__).resolve()), "--layers", str(args.layers), "--heads", str(args.heads),
+                "--d-model", str(args.d_model), "--pairs", str(args.pairs), "--steps", str(args.steps)]
+        for k in runs:
+            out = subprocess.run(base + ["--only", k], capture_output=True, text=True, check=True).stdout
+            sec, mb = next(line.split()[1:] for line in out.splitlines() if line.startswith("ONLY "))
+            print(f"{k:40s} fresh process: {float(sec):8.3f} s   peak +{float(mb):8.1f} MB")
+        print(f"load average after: {' / '.join(f'{v:.1f}' for v in os.getloadavg())}")
+        return
     res = measure_all(runs, args.repeat)
     for k, (s, m) in res.items():
         print(f"{k:40s} {s:8.3f} s   peak +{m:8.1f} MB")
@@ -165,12 +190,16 @@ def smollm2(args: Any) -> None:
     runs = {
         "forward+backward, batch of the pairs": fwd_bwd,
         "mechattr eap, all edges": lambda: ma.circuits.edge_attribution(model, pairs, method="eap", keep_patterns=False),
+        "mechattr eap, one pair per pass": lambda: ma.circuits.edge_attribution(model, pairs, method="eap", batch_size=1,
+                                                                               keep_patterns=False),
     }
     res = measure_all(runs, args.repeat)
     for k, (sec, mb) in res.items():
         print(f"{k:40s} {sec:8.3f} s   peak +{mb:8.1f} MB")
     e, fb = res["mechattr eap, all edges"], res["forward+backward, batch of the pairs"]
     print(f"eap / (forward+backward): {e[0] / fb[0]:.2f} passes' worth (target <= 3)")
+    e1 = res["mechattr eap, one pair per pass"]
+    print(f"eap one pair per pass / (forward+backward): {e1[0] / fb[0]:.2f} passes' worth")
     print(f"load average after: {' / '.join(f'{v:.1f}' for v in os.getloadavg())}")
 
 
