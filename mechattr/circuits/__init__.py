@@ -21,9 +21,10 @@ from .patching import (
     PatchResult,
     faithfulness,
     faithfulness_curve,
+    faithfulness_many,
     patch,
 )
-from .select import select_edges
+from .select import enumerate_circuits, select_edges
 
 
 def graph(model):
@@ -35,6 +36,6 @@ def graph(model):
 
 __all__ = [
     "edge_attribution", "EdgeAttribution", "METHODS", "Graph", "graph", "patch", "PatchResult",
-    "faithfulness", "Faithfulness", "faithfulness_curve", "FaithfulnessCurve", "DEFAULT_BUDGETS",
+    "faithfulness", "faithfulness_many", "enumerate_circuits", "Faithfulness", "faithfulness_curve", "FaithfulnessCurve", "DEFAULT_BUDGETS",
     "select_edges", "circuit_page", "write_circuit_page", "show_circuit", "MissingDependencyError", "tasks",
 ]

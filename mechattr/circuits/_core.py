@@ -108,10 +108,39 @@ def resolve_pairs(
     return out
 
 
-def metric(adapter: ModelAdapter, plan: Plan, tokens: Tensor, embed: Tensor | None, hooks: Sequence) -> Tensor:
-    """The metric of each batch row: the sum of the target's rows."""
+def metric(adapter: ModelAdapter, plan: Plan | list[Plan], tokens: Tensor, embed: Tensor | None, hooks: Sequence) -> Tensor:
+    """The metric of each batch row: the sum of the target's rows. ``plan`` may be a list with
+    one logit plan per batch row (pairs stacked in one pass, see :func:`stackable`)."""
+    if isinstance(plan, list):
+        hk_ = list(hooks)
+        if embed is not None:
+            from ..targets import replace_embed
+
+            hk_.insert(0, replace_embed(embed))
+        with adapter.hooks(fwd_hooks=hk_):
+            logits = adapter.model(tokens)
+        return torch.cat([p.score(logits[i : i + 1]).sum(-1) for i, p in enumerate(plan)])
     vals = evaluate_hooked(adapter, plan, tokens, embed, fwd_hooks=hooks)
     return vals.sum(-1)
+
+
+def stackable(pairs: Sequence[PairPlan], batch_size: int) -> list[list[int]]:
+    """Groups of pair indices that can share one forward pass: same token length, logit targets
+    (a plan per row), at most ``batch_size`` per group; other pairs stay alone."""
+    from ..targets import LogitPlan
+
+    groups: dict[int, list[int]] = {}
+    out: list[list[int]] = []
+    for i, pp in enumerate(pairs):
+        if isinstance(pp.plan, LogitPlan) and batch_size > 1:
+            g = groups.setdefault(pp.clean.shape[-1], [])
+            g.append(i)
+            if len(g) == batch_size:
+                out.append(groups.pop(pp.clean.shape[-1]))
+        else:
+            out.append([i])
+    out += list(groups.values())
+    return sorted(out)
 
 
 @dataclass
@@ -126,7 +155,7 @@ class Capture:
 def run(
     adapter: ModelAdapter,
     graph: Graph,
-    plan: Plan,
+    plan: Plan | list[Plan],
     tokens: Tensor,
     *,
     embed: Tensor | None = None,

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from einops import einsum
+from einops import einsum, rearrange
 from jaxtyping import Float
 from torch import Tensor
 
@@ -120,13 +120,14 @@ class EdgeAttribution:
         mode: str = "greedy",
         absolute: bool = True,
         prune: bool = True,
+        fill: bool = True,
     ) -> list[tuple[str, str]]:
         """The edges of the circuit at ``budget`` (a fraction of all edges in (0, 1]) or
         ``n_edges``; see :func:`mechattr.circuits.select.select_edges`."""
         from .select import select_edges
 
         mask = select_edges(self.graph, self.scores, budget=budget, n_edges=n_edges, mode=mode,
-                            absolute=absolute, prune=prune)
+                            absolute=absolute, prune=prune, fill=fill)
         return [(self.graph.writers[w], self.graph.readers[r]) for w, r in mask.nonzero().tolist()]
 
     def to_mib_json(self, budget: float | None = None, n_edges: int | None = None, **kw: Any) -> dict[str, Any]:
@@ -279,6 +280,27 @@ def _contract(delta: Tensor, grads: Tensor, per_position: bool) -> Tensor:
     return einsum(delta, grads, "p w d, p r d -> w r").double()
 
 
+def _contract_blocks(graph: Graph, delta: Float[Tensor, "b p w d"], grads: Float[Tensor, "b p r d"]) -> Float[Tensor, "w r"]:
+    """Σ_{b,p} delta·grads for every (writer, reader), computed only where edges can exist: the
+    readers in blocks of layers, each against the writers below its top layer (about half the
+    work of the full [writer, reader] product), as batched matrix products over (b, p)."""
+    W, R = delta.shape[2], grads.shape[2]
+    out = torch.zeros(W, R, dtype=delta.dtype, device=delta.device)
+    dl = rearrange(delta, "b p w d -> (b p) w d")
+    gr = rearrange(grads, "b p r d -> (b p) d r")
+    rst = torch.tensor(graph.reader_stage)
+    wst = torch.tensor(graph.writer_stage)
+    step = max(1, graph.n_layers // 6)
+    r0 = 0
+    while r0 < R:
+        top = min(int(rst[r0]) + 2 * step, 2 * graph.n_layers + 1)
+        r1 = int((rst <= top).sum())  # readers are in stage order
+        n_w = int((wst < int(rst[r0:r1].max())).sum())
+        out[:n_w, r0:r1] = torch.bmm(dl[:, :n_w], gr[:, :, r0:r1]).sum(0)
+        r0 = r1
+    return out
+
+
 def _ig_grads(adapter, graph, pp: PairPlan, start_e, end_e, steps, batch_size, writer_interp=None) -> Tensor:
     """Σ_i w_i ∂m/∂(reader inputs) at the points start + α_i (end − start) (Gauss–Legendre)."""
     alphas, weights = rule_points(steps, "gausslegendre")
@@ -335,7 +357,8 @@ def edge_attribution(
         kind: the target kind (``logit_diff`` by default with a contrast).
         method: ``eap``, ``eap_ig_inputs``, ``eap_ig_activations`` or ``atp_star``.
         ig_steps: gradient points of the EAP-IG methods.
-        batch_size: gradient points per forward pass.
+        batch_size: gradient points per forward pass; for ``eap``, pairs per pass (pairs of one
+            token length with logit targets are stacked).
         direction: ``"denoise"`` (default) or ``"noise"``, see docs/circuits.md.
         per_position: also keep the scores per position (pairs of one length only).
         keep_patterns: store the first clean prompt's attention patterns for the display.
@@ -357,7 +380,12 @@ def edge_attribution(
         total = None
         mc, mk = [], []
         patterns: dict[str, list[list[float]]] = {}
-        for i, pp in enumerate(pairs):
+        if method == "eap":
+            # pairs of one token length share their passes (a plan per batch row)
+            total = _eap_stacked(adapter, graph, pairs, direction, per_position, batch_size, mc, mk)
+            if keep_patterns:
+                patterns = _patterns(adapter, pairs[0])
+        for i, pp in enumerate(pairs if method != "eap" else []):
             first = i == 0
             denoise = direction == "denoise"
             # the run whose gradient is taken (denoise: corrupt) and the run Δ points to
@@ -416,6 +444,39 @@ def edge_attribution(
     )
 
 
+def _eap_stacked(adapter, graph, pairs: list[PairPlan], direction: str, per_position: bool, batch_size: int,
+                 mc: list[float], mk: list[float]) -> Tensor:
+    """Σ over pairs of the eap scores, pairs stacked ``batch_size`` to a pass (same length, logit
+    targets; others alone): a no-grad pass on the run Δ points to, a forward + backward on the
+    other. Appends each pair's clean and corrupt metric to ``mc`` / ``mk`` in pair order."""
+    from ._core import stackable
+
+    denoise = direction == "denoise"
+    total = None
+    got: dict[int, tuple[float, float]] = {}
+    for gi, grp in enumerate(stackable(pairs, batch_size)):
+        plans = [pairs[i].plan for i in grp] if len(grp) > 1 else pairs[grp[0]].plan
+        cl = torch.cat([pairs[i].clean for i in grp])
+        co = torch.cat([pairs[i].corrupt for i in grp])
+        grad_pt, other_t = (co, cl) if denoise else (cl, co)
+        other = run(adapter, graph, plans, other_t, check_sum=gi == 0)
+        here = run(adapter, graph, plans, grad_pt, grad=True)
+        delta = other.writers - here.writers
+        if per_position:
+            s = einsum(delta.double(), here.grads.double(), "b p w d, b p r d -> p w r")  # type: ignore[union-attr]
+        else:
+            s = _contract_blocks(graph, delta, here.grads).double()  # type: ignore[arg-type]
+        total = s if total is None else total + s
+        m_o, m_h = other.metric.tolist(), here.metric.tolist()
+        for k, i in enumerate(grp):
+            got[i] = (m_o[k], m_h[k]) if denoise else (m_h[k], m_o[k])
+    for i in range(len(pairs)):
+        mc.append(got[i][0])
+        mk.append(got[i][1])
+    assert total is not None
+    return total
+
+
 def _interp_values(graph: Graph, start: Capture, end: Capture) -> dict[str, tuple[Tensor, Tensor]]:
     """(start, end) values at the writer hooks of EAP-IG-activations: token embedding, each
     layer's z (the head outputs are linear in z) and MLP outputs."""
@@ -434,33 +495,61 @@ def _pattern_shifts(adapter, graph: Graph, toks: Tensor, delta: Tensor, batch_si
     """AtP*'s attention-saturation fix (Kramár et al. 2024, §3.1): for every writer w below layer
     l, the attention patterns of layer l recomputed exactly (softmax included) with w's Δ added
     to the query inputs (port q) or the key inputs (port k) of the layer's heads, minus the
-    unpatched patterns: {(layer, port): [writer, head, query pos, key pos]}. The heads of a layer
-    do not interact before their patterns, so one batch row patches all of them at once."""
-    out: dict[tuple[int, str], Tensor] = {}
+    unpatched patterns: {(layer, port): [writer, head, query pos, key pos]}.
+
+    One batch row per writer and port serves every layer at once: at each layer the row's Δ is
+    added to the query (key) inputs, the patched pattern is recorded, and the unpatched pattern is
+    passed on, so the layers above compute exactly what the unpatched run computes (a query or
+    key input feeds nothing but its pattern). The heads of a layer do not interact before their
+    patterns, so one row patches all of them at once."""
+    L = graph.n_layers
     wst = torch.tensor(graph.writer_stage)
-    for layer in range(graph.n_layers):
-        pname = hk.attn_pattern(layer)
-        n_avail = int((wst < 2 * layer + 1).sum())
-        with G.split_flags(adapter), torch.no_grad():
-            base = adapter.run_until(toks, pname)
-            for port, hook in (("q", G.q_in(layer)), ("k", G.k_in(layer))):
-                chunks = []
-                for i in range(0, n_avail, batch_size):
-                    d = delta[:, i : min(n_avail, i + batch_size)].permute(1, 0, 2)  # b p d
+    n_avail = [int((wst < 2 * layer + 1).sum()) for layer in range(L)]
+    n_feed = n_avail[-1]
+    pnames = [hk.attn_pattern(layer) for layer in range(L)]
+    base: dict[int, Tensor] = {}
 
-                    def add(x: Tensor, hook: Any, d: Tensor = d) -> Tensor:
-                        return x + d[:, :, None, :].to(x.dtype)
+    def keep_base(layer: int):
+        def fn(x: Tensor, hook: Any) -> None:
+            base[layer] = x.detach()
 
-                    pat = adapter.run_until(toks.expand(d.shape[0], -1), pname, fwd_hooks=[(hook, add)])
-                    chunks.append(pat - base)
-                out[(layer, port)] = torch.cat(chunks)
-    return out
+        return fn
+
+    with G.split_flags(adapter), torch.no_grad():
+        adapter.run_until(toks, pnames[-1], fwd_hooks=[(pnames[layer], keep_base(layer)) for layer in range(L)])
+        out: dict[tuple[int, str], list[Tensor]] = {(layer, port): [] for layer in range(L) for port in "qk"}
+        for port in "qk":
+            for i in range(0, n_feed, batch_size):
+                j = min(n_feed, i + batch_size)
+                d = delta[:, i:j].permute(1, 0, 2)  # rows: writers i..j-1, [b, pos, d_model]
+                hooks: list = []
+                for layer in range(L):
+                    rows = max(0, min(j, n_avail[layer]) - i)  # the rows whose writer is below the layer
+                    if rows == 0:
+                        continue
+
+                    def add(x: Tensor, hook: Any, rows: int = rows) -> Tensor:
+                        x = x.clone()
+                        x[:rows] += d[:rows, :, None, :].to(x.dtype)
+                        return x
+
+                    def record(x: Tensor, hook: Any, layer: int = layer, rows: int = rows) -> Tensor:
+                        out[(layer, port)].append(x[:rows].detach() - base[layer])
+                        return base[layer].expand_as(x)
+
+                    hooks += [((G.q_in if port == "q" else G.k_in)(layer), add), (pnames[layer], record)]
+                adapter.run_until(toks.expand(j - i, -1), pnames[-1], fwd_hooks=hooks)
+    return {k: torch.cat(v) if v else torch.zeros(0) for k, v in out.items()}
 
 
 def _atp_star(adapter, graph, pp, toks, delta, here: Capture, per_position: bool, batch_size: int = 8) -> Tensor:
     """AtP* (Kramár et al. 2024): the query/key edges scored through the exactly recomputed
     attention pattern, (A'(w) − A) · ∂m/∂A, and GradDrop over layers for every edge:
-    Σ_l |s_l| / (L − 1) with the sign of the undropped estimate s."""
+    Σ_l |s_l| / (L − 1) with the sign of the undropped estimate s.
+
+    The undropped estimate and the L dropped ones are rows of batched forward + backward passes:
+    row 0 drops nothing, row 1 + l cuts the gradient through layer l's residual writes (the
+    forward values are the same in every row)."""
     from ._core import metric as _metric
 
     if per_position:
@@ -469,65 +558,69 @@ def _atp_star(adapter, graph, pp, toks, delta, here: Capture, per_position: bool
     shifts = _pattern_shifts(adapter, graph, toks, delta, max(batch_size, 64))
     rhooks = graph.reader_hooks()
     L, H, g = graph.n_layers, graph.n_heads, graph.group
-
-    def one(drop_layer: int | None) -> Tensor:
+    n_rows = L + 1 if L >= 2 else 1
+    pnames = [hk.attn_pattern(layer) for layer in range(L)]
+    names_all = [n for n, _, _ in rhooks] + pnames
+    out: list[Tensor] = []
+    for r0 in range(0, n_rows, batch_size):
+        rows = list(range(r0, min(n_rows, r0 + batch_size)))
+        b = len(rows)
         taps: dict[str, Tensor] = {}
 
         def tap(name: str):
             def fn(x: Tensor, hook: Any) -> Tensor:
-                d = torch.zeros_like(x, requires_grad=True)
-                taps[name] = d
-                return x + d
+                dd = torch.zeros_like(x, requires_grad=True)
+                taps[name] = dd
+                return x + dd
 
             return fn
 
-        def drop(x: Tensor, hook: Any) -> Tensor:
-            # forward value unchanged, no gradient back through this layer's residual write
-            return x.detach()
+        def drop(sel: Tensor):
+            def fn(x: Tensor, hook: Any) -> Tensor:
+                # forward value unchanged; rows in sel pass no gradient back through this write
+                m = sel.view(-1, *([1] * (x.dim() - 1))).to(x.device)
+                return torch.where(m, x.detach(), x)
+
+            return fn
 
         hooks: list = []
-        if drop_layer is not None:
-            hooks.append((G.attn_out(drop_layer), drop))
-            if graph.has_mlp:
-                hooks.append((G.mlp_out(drop_layer), drop))
-        pnames = [hk.attn_pattern(layer) for layer in range(L)]
-        names_all = [n for n, _, _ in rhooks] + pnames
+        for layer in range(L):
+            sel = torch.tensor([r == 1 + layer for r in rows])
+            if bool(sel.any()):
+                hooks.append((G.attn_out(layer), drop(sel)))
+                if graph.has_mlp:
+                    hooks.append((G.mlp_out(layer), drop(sel)))
         hooks += [(n, tap(n)) for n in names_all]
         with G.split_flags(adapter), torch.enable_grad():
-            m = _metric(adapter, pp.plan, toks, None, hooks)
+            m = _metric(adapter, pp.plan, toks.expand(b, -1), None, hooks)
             names = [n for n in names_all if n in taps]
             gs = torch.autograd.grad(m.sum(), [taps[n] for n in names], allow_unused=True)
         got = {n: gr for n, gr in zip(names, gs)}
         parts = []
         for n, _, sl in rhooks:
             gr = got.get(n)
-            k = sl.stop - sl.start
-            parts.append(torch.zeros(1, toks.shape[-1], k, adapter.d_model, dtype=adapter.dtype, device=adapter.device)
-                         if gr is None else G.as_heads(gr))
-        s = _contract(delta, torch.cat(parts, dim=2)[0], False)
+            parts.append(torch.zeros(b, toks.shape[-1], sl.stop - sl.start, adapter.d_model, dtype=adapter.dtype,
+                                     device=adapter.device) if gr is None else G.as_heads(gr))
+        s = einsum(delta, torch.cat(parts, dim=2), "p w d, b p r d -> b w r").double()
         for layer in range(L):
             ga = got.get(pnames[layer])
             lr = graph.layer_readers(layer)
             for port in ("q", "k"):
                 dA = shifts[(layer, port)]  # w h q k
                 n_w = dA.shape[0]
-                if ga is None:
-                    val = torch.zeros(n_w, H, dtype=torch.float64)
+                if ga is None or n_w == 0:
+                    val = torch.zeros(b, n_w, H, dtype=torch.float64)
                 else:
-                    val = einsum(dA.double(), ga[0].double(), "w h q k, h q k -> w h")
+                    val = einsum(dA.double(), ga.double(), "w h q k, b h q k -> b w h")
                 if port == "k" and g > 1:
-                    val = val.reshape(n_w, H // g, g).sum(-1)
-                sl = lr[port]
-                s[:n_w, sl] = val.to(s.device)
-        return s
-
-    plain = one(None)
+                    val = val.reshape(b, n_w, H // g, g).sum(-1)
+                s[:, :n_w, lr[port]] = val.to(s.device)
+        out.append(s)
+    est = torch.cat(out)
+    plain = est[0]
     if L < 2:
         return plain
-    tot = torch.zeros_like(plain)
-    for layer in range(L):
-        tot = tot + one(layer).abs()
-    return tot / (L - 1) * torch.sign(plain)
+    return est[1:].abs().sum(0) / (L - 1) * torch.sign(plain)
 
 
 def _patterns(adapter, pp: PairPlan) -> dict[str, list[list[float]]]:

@@ -211,6 +211,44 @@ def load_pairs(path: str | Path) -> list[Pair]:
     return out
 
 
+def zoo_pairs(task: str, n: int = 8, seed: int = 0) -> list[Pair]:
+    """Clean/corrupt pairs for the zoo models (``zoo:induction``, ``zoo:agreement``,
+    ``zoo:recall``), built from the zoo task's own examples so the ground truth is known.
+
+    induction: the earlier occurrence of the last token replaced by a syllable that appears nowhere
+    else in the prompt (nothing to copy), metric the answer's logit. agreement: the subject noun
+    swapped for its other number, metric answer − foil. recall: the entity swapped for one with
+    another fact, metric answer − the other entity's fact."""
+    from ..zoo.tasks import _NOUNS, AGREEMENT, FACTS, INDUCTION, RECALL
+
+    _check_n(n)
+    rng = random.Random(seed)
+    out: list[Pair] = []
+    if task == "induction":
+        for ex in INDUCTION.examples(n, seed=seed):
+            w = list(ex.words)
+            w[ex.truth[1]] = rng.choice(sorted(set(INDUCTION.words) - set(ex.words)))
+            out.append(Pair(ex.prompt, " ".join(w), " " + ex.answer, None, kind="logit"))
+    elif task == "agreement":
+        other = dict(_NOUNS)
+        other.update({b: a for a, b in _NOUNS})
+        for ex in AGREEMENT.examples(n, seed=seed):
+            w = list(ex.words)
+            w[ex.truth[0]] = other[w[ex.truth[0]]]
+            out.append(Pair(ex.prompt, " ".join(w), " " + ex.answer, " " + ex.foil))
+    elif task == "recall":
+        ents = sorted(FACTS)
+        for ex in RECALL.examples(n, seed=seed):
+            w = list(ex.words)
+            e = w[ex.truth[0]]
+            e2 = rng.choice([x for x in ents if FACTS[x] != FACTS[e]])
+            w[ex.truth[0]] = e2
+            out.append(Pair(ex.prompt, " ".join(w), " " + ex.answer, " " + FACTS[e2]))
+    else:
+        raise InputError(f"Unknown zoo task {task!r}; choose one of ['agreement', 'induction', 'recall'].")
+    return out
+
+
 TASKS: dict[str, Callable[..., list[Pair]]] = {
     "ioi": ioi, "greater_than": greater_than, "agreement": agreement, "capital": capital,
 }
@@ -222,4 +260,4 @@ def make(name: str, model: Any, n: int = 8, seed: int = 0) -> list[Pair]:
     return TASKS[name](model, n=n, seed=seed)
 
 
-__all__ = ["Pair", "ioi", "agreement", "capital", "greater_than", "load_pairs", "make", "TASKS"]
+__all__ = ["Pair", "ioi", "agreement", "capital", "greater_than", "zoo_pairs", "load_pairs", "make", "TASKS"]
