@@ -26,13 +26,32 @@ from pathlib import Path
 
 import mechattr as ma
 
-# Short prompts first: exact Shapley values cost 2^n forward passes per model state (the
-# randomization check re-runs every method on up to 7 states); the default 3 prompts are <= 8 tokens.
+# The SmolLM2 prompt set (issue #17/#19, session 5). Fixed BEFORE any attribution on them was
+# computed; the only screening was that the model's greedy next token (the validated target) is the
+# answer each prompt was written for, checked once with a plain forward: "The author of the books
+# that the critics loved so much" (-> "." not " is") and "In Berlin, most of the people ... speak"
+# (-> " English") failed it; the first was dropped (two rewordings also failed), the second replaced
+# by its first rewording below. 10-21 tokens each (SmolLM2 prepends no BOS), and on most the deciding
+# token is NOT the last one, so the recency control (latest token first) is a fair bar, not a given.
 LM_PROMPTS = [
-    "The capital of France is",
-    "The keys to the old cabinet",
-    "One, two, three, four,",
-    "Mary and John went out, and John gave a drink to",
+    # factual recall: the deciding tokens (" Eiffel Tower") are 13+ tokens before the answer " Paris"
+    "The Eiffel Tower is a famous iron tower, and it stands in the city of",
+    # IOI (Wang et al. 2022): the answer " Mary" is the non-repeated name, far from the end
+    "When Mary and John went to the store, John gave a drink to",
+    # IOI with other names and a longer middle -> " Lisa"
+    "After Lisa and Tom finished their dinner at the restaurant, Tom handed the bill to",
+    # agreement across a distractor: plural " keys" decides " are" over the singular " cabinet"/" hallway"
+    "The keys to the old wooden cabinet in the hallway",
+    # counting: here the last tokens DO decide (" seven,") -> " eight"; kept so recency has its case too
+    "One, two, three, four, five, six, seven,",
+    # factual recall: " Germany" (position 1) decides -> " German"
+    "In Germany, most of the people that you meet on the street speak",
+    # in-context analogy: " up" (two from the end) decides -> " down"; " hot"/" cold" set the pattern
+    "The opposite of hot is cold, and the opposite of up is",
+    # copying across a distractor sentence (induction): " apple" at position 4 -> " apple"
+    "The secret word is apple. Remember it. Later I asked: what was the secret word? It was",
+    # factual recall: " Great Wall" at the start decides -> " China"
+    "The Great Wall is a famous landmark that millions of tourists visit every year in",
 ]
 # Methods too slow for a CPU run on a 135M model with many prompts and randomization steps.
 SLOW = {"shapley", "kernel_shap", "lime", "shapley_sampling", "reagent",
@@ -137,7 +156,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, default=Path("docs/validation.md"))
     p.add_argument("--methods", nargs="*")
-    p.add_argument("--prompts", type=int, default=3)
+    p.add_argument("--prompts", type=int, default=3, help="zoo prompts per task")
+    p.add_argument("--lm-prompts", type=int, default=len(LM_PROMPTS), help="SmolLM2 prompts (the first N of LM_PROMPTS)")
     p.add_argument("--stride", type=int, default=6, help="randomization: measure every S-th layer group")
     p.add_argument("--zoo", nargs="*", default=["agreement", "recall"])
     p.add_argument("--skip-smollm", action="store_true")
@@ -155,7 +175,7 @@ def main() -> None:
     schedules = ("cascading",) if a.quick else ("cascading", "independent")
     roar_config = dict(QUICK_ROAR) if a.quick else {}
     settings = {
-        "methods": methods, "method_params": method_params, "prompts": a.prompts,
+        "methods": methods, "method_params": method_params, "prompts": a.prompts, "lm_prompts": a.lm_prompts,
         "randomization": list(schedules), "randomization_stride (SmolLM2)": a.stride, "n_random": 5,
         "roar_k": 1, "roar_config": roar_config or "defaults", "seed": 0, "quick": a.quick,
         "command": "python scripts/make_validation_doc.py " + " ".join(sys.argv[1:]),
@@ -237,7 +257,7 @@ def main() -> None:
             name = "tiny-gpt2 (SmolLM2 unavailable)"
             note = f"SmolLM2 could not be loaded here ({e}); these numbers are for the tiny random model."
         rep = ma.validate(
-            lm, LM_PROMPTS[: a.prompts], methods=methods, checks="all", seed=0,
+            lm, LM_PROMPTS[: a.lm_prompts], methods=methods, checks="all", seed=0,
             randomization_stride=a.stride, randomization=schedules, n_random=5, method_params=method_params,
         )
         sections["lm"] = section(name, rep, note) + settings_md
