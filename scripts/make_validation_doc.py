@@ -24,7 +24,10 @@ import sys
 import time
 from pathlib import Path
 
-import mechattr as ma
+# the repository's own package, not whatever `mechattr` the interpreter would find first
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import mechattr as ma  # noqa: E402
 
 # The SmolLM2 prompt set (issue #17/#19, session 5). Fixed BEFORE any attribution on them was
 # computed; the only screening was that the model's greedy next token (the validated target) is the
@@ -204,6 +207,7 @@ def main() -> None:
         "roar_k": 1, "roar_config": roar_config or "defaults", "seed": 0, "quick": a.quick,
         "command": "python scripts/make_validation_doc.py " + " ".join(sys.argv[1:]),
         "mechattr_commit": _commit(),
+        "mechattr_imported_from": str(Path(ma.__file__).resolve().parent),
     }
     parts = [
         "# Validation numbers",
