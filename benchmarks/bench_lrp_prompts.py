@@ -64,8 +64,7 @@ def main() -> None:
             r = ma.attribute(model, p, None, method="integrated_gradients", quiet=True)
             ig = time.perf_counter() - t0
             row["seconds"]["integrated_gradients"] = round(ig, 3)
-            hist = r.diagnostics.get("history") or [{}]
-            row["ig_points"] = hist[-1].get("points")
+            row["ig_points"] = r.diagnostics.get("n_forward_points")
             row["x_ig"] = {m: round(med[m] / ig, 4) for m in RULES}
             row["ig_x_saliency"] = round(ig / med["saliency"], 1)
         rows.append(row)

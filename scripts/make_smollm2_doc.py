@@ -149,7 +149,7 @@ def main() -> None:
         d = res.diagnostics
         extra = ""
         if res.params.get("rule") == "adaptive":
-            extra = (f" ({d['history'][-1]['points']} points, {d['rounds']} rounds; baseline resolved to "
+            extra = (f" ({d['n_forward_points']} points, {d['rounds']} rounds; baseline resolved to "
                      f"`{res.params['baseline']}`)")
         ig_lines.append(f"| {label} | {d['completeness_error']:.3g} / {100 * d['completeness_relative_error']:.2g}%{extra} |")
         print(label, file=sys.stderr, flush=True)

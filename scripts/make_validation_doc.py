@@ -73,6 +73,11 @@ SLOW = {"shapley", "kernel_shap", "lime", "shapley_sampling", "reagent",
 LM_EXCLUDE = {"shapley": "exact Shapley needs 2^n forward passes for n = 10-21 tokens, above its max_features=12"}
 LM_PARAMS = {"lime": {"n_samples": 500}}
 LM_RANDOMIZATION = ("cascading",)
+# - the randomization check is not run for these (each ~10-35 s per prompt and model state on a
+#   busy core); everything else is:
+LM_NO_RANDOMIZATION = ["value_zeroing", "discretized_integrated_gradients", "uniform_discretized_integrated_gradients",
+                       "gradient_shap", "kernel_shap", "lime", "reagent", "shapley_sampling"]
+LM_RUN2_CHECKS = ["completeness", "perturbation", "agreement", "ablation"]
 LM_STRIDE = 32
 QUICK_PARAMS = {"integrated_gradients": {"n_steps": 16}, "smoothgrad": {"n_samples": 8}, "gradient_shap": {"n_samples": 8}}
 QUICK_ROAR = {"n_train": 160, "n_test": 128, "n_random": 3, "steps": 120}
@@ -128,16 +133,137 @@ def section(title: str, rep: ma.ValidationReport, note: str = "") -> str:
             lines.append(f"| {lab} | " + " | ".join(f"{v[k]:.4g}" for k in keys) + " |")
         lines.append("")
     if "agreement" in rep.checks and not rep.checks["agreement"].unavailable:
-        d = rep.checks["agreement"].data
-        lines += ["Agreement (mean Spearman):", "", "| | " + " | ".join(d["labels"]) + " |", "|---|" + "---|" * len(d["labels"])]
-        for a, row in zip(d["labels"], d["matrices"]["spearman"]):
-            lines.append(f"| {a} | " + " | ".join(f"{x:.2f}" for x in row) + " |")
-        lines.append("")
+        blocks = rep.checks["agreement"].data.get("blocks") or [rep.checks["agreement"].data]
+        for i, d in enumerate(blocks):
+            head = "Agreement (mean Spearman)" + (f", run {i + 1} of {len(blocks)} (methods of the same run only)" if len(blocks) > 1 else "")
+            lines += [head + ":", "", "| | " + " | ".join(d["labels"]) + " |", "|---|" + "---|" * len(d["labels"])]
+            for a, row in zip(d["labels"], d["matrices"]["spearman"]):
+                lines.append(f"| {a} | " + " | ".join(f"{x:.2f}" for x in row) + " |")
+            lines.append("")
     if "roar" in rep.checks and rep.checks["roar"].data.get("table"):
         lines += ["ROAR-lite:", "", "| masking | k | accuracy | drop |", "|---|---|---|---|"]
         for r in rep.checks["roar"].data["table"]:
             lines.append(f"| {r['masking']} | {r['k']} | {r['accuracy']:.3f} | {r['drop']:.3f} |")
         lines.append("")
+    return "\n".join(lines)
+
+
+def merge_reports(reps: list[ma.ValidationReport]) -> ma.ValidationReport:
+    """One report from validate runs over disjoint method lists on the same model, prompts, target
+    and seed (the controls and random orderings are then identical; checked). A check that a later
+    run skipped (randomization, for the costly methods) reads n/a for its methods; agreement stays
+    per run (its matrices compare the methods of one run)."""
+    from mechattr.validation._result import CheckResult, Verdict
+
+    first = reps[0]
+    for r in reps[1:]:
+        assert r.meta["prompts"] == first.meta["prompts"] and r.meta["seed"] == first.meta["seed"]
+    checks: dict[str, CheckResult] = {}
+    names = list(dict.fromkeys(n for r in reps for n in r.checks))
+    for n in names:
+        have = [r for r in reps if n in r.checks]
+        c0 = have[0].checks[n]
+        c = CheckResult(n, records=[x for r in have for x in r.checks[n].records], data=dict(c0.data),
+                        notes=list(dict.fromkeys(x for r in have for x in r.checks[n].notes)), unavailable=c0.unavailable)
+        for r in reps:
+            if n in r.checks:
+                c.verdicts.update(r.checks[n].verdicts)
+            else:
+                for m in r.methods:
+                    c.verdicts[m] = Verdict(None, None, None, "", "not run for this method (cost)")
+        if n == "perturbation" and not c.unavailable:
+            summ = {}
+            controls = {k: v for k, v in c0.data["summary"].items() if k not in have[0].methods}
+            for r in have:
+                rs = r.checks[n].data["summary"]
+                summ.update({k: v for k, v in rs.items() if k in r.methods})
+                ctl = {k: v for k, v in rs.items() if k not in r.methods}
+                if ctl != controls:
+                    raise SystemExit("the controls differ between runs; the runs cannot be merged")
+            c.data["summary"] = {**summ, **controls}
+        if n == "agreement" and not c.unavailable:
+            c.data["blocks"] = [r.checks[n].data for r in have]
+        checks[n] = c
+    meta = dict(first.meta)
+    meta["methods"] = [m for r in reps for m in r.methods]
+    meta["seconds"] = [r.meta["seconds"] for r in reps]
+    return ma.ValidationReport(methods=[m for r in reps for m in r.methods], checks=checks, meta=meta)
+
+
+RULE_METHODS = ["attnlrp", "cp_lrp", "gim"]
+RULE_COMPARE = ["integrated_gradients", "saliency", "input_x_gradient", "occlusion"]
+
+
+def _verdict(cell: str) -> tuple[bool | None, str]:
+    head = cell.split(" ", 1)[0]
+    return ({"PASS": True, "FAIL": False}.get(head), cell)
+
+
+def rule_section(report_json: Path, bench_json: Path | None) -> str:
+    """#17's target read off the SmolLM2 section's own report (no model work): does a rule-based
+    method pass deletion and ablation where IG fails, at <= 2x one saliency call?"""
+    rep = json.loads(report_json.read_text())
+    rows = {r["method"]: r for r in rep["summary"]}
+    bench = json.loads(bench_json.read_text()) if bench_json else None
+    lines = [f"## {RULE_TITLE}", "",
+             "Issue #17's target: at least one of `attnlrp`, `cp_lrp`, `gim` passes deletion (perturbation) and "
+             "ablation on SmolLM2 where integrated gradients fails, at ≤ 2× the time of one saliency call. The "
+             "verdicts are the SmolLM2 section's above (same run, same prompts, the same controls: a PASS beats "
+             "random orderings and the frequency, position and recency controls); the times are "
+             "`benchmarks/bench_lrp_prompts.py`, side by side in one process on the same prompts.", ""]
+    cols = ["method", "perturbation (deletion AOPC)", "ablation (Spearman)", "randomization"]
+    if bench:
+        cols += ["time ÷ saliency, median (max) over prompts", "time ÷ IG, median"]
+    lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for m in RULE_METHODS + RULE_COMPARE:
+        if m not in rows:
+            continue
+        r = rows[m]
+        cells = [f"`{m}`", r["perturbation"], r["ablation"], r["randomization"]]
+        if bench:
+            if m in RULE_METHODS:
+                cells += [f"{bench['x_saliency_median'][m]:.2f} ({bench['x_saliency_max'][m]:.2f})",
+                          f"{bench['x_ig_median'][m]:.4f}"]
+            elif m == "integrated_gradients":
+                cells += [f"{bench['ig_x_saliency_median']:.0f}", "1"]
+            elif m == "saliency":
+                cells += ["1", f"{1 / bench['ig_x_saliency_median']:.4f}"]
+            else:
+                cells += ["", ""]
+        lines.append("| " + " | ".join(cells) + " |")
+    ig = rows.get("integrated_gradients")
+    ig_fails = ig is not None and (_verdict(ig["perturbation"])[0] is False or _verdict(ig["ablation"])[0] is False)
+    met, why = [], []
+    for m in RULE_METHODS:
+        if m not in rows:
+            continue
+        d, ab = _verdict(rows[m]["perturbation"])[0], _verdict(rows[m]["ablation"])[0]
+        cheap = bench is not None and bench["x_saliency_max"][m] <= 2.0
+        if d and ab and ig_fails and cheap:
+            met.append(m)
+        else:
+            why.append(f"`{m}`: " + ", ".join(
+                x for x, bad in (("fails deletion", not d), ("fails ablation", not ab),
+                                 ("over 2× saliency on some prompt", bench is not None and not cheap)) if bad) or m)
+    lines.append("")
+    if ig is None:
+        lines.append("Integrated gradients was not in this run; the comparison needs it.")
+    elif not ig_fails:
+        lines.append("**Target not met as posed**: integrated gradients does not fail deletion or ablation here.")
+    elif met:
+        lines.append(f"**Target met** by {', '.join(f'`{m}`' for m in met)}" + (f"; not by {'; '.join(why)}." if why else "."))
+    else:
+        lines.append(f"**Target not met** on these prompts: {'; '.join(why)}.")
+    if bench:
+        lines += ["", f"Timing: SmolLM2-135M, {bench['threads']} thread, {bench['repeats']} interleaved repeats per prompt "
+                  f"(median), IG once per prompt at its defaults (adaptive, `auto` baseline); load average "
+                  f"{bench['loadavg_before'][0]:.1f} before, {bench['loadavg_after'][0]:.1f} after, on a shared 2-core machine. "
+                  f"Per prompt (tokens: ×saliency attnlrp/cp_lrp/gim; IG seconds and points): "
+                  + "; ".join(f"{r['tokens']}: {r['x_saliency']['attnlrp']:.2f}/{r['x_saliency']['cp_lrp']:.2f}/"
+                              f"{r['x_saliency']['gim']:.2f}, IG {r['seconds'].get('integrated_gradients', float('nan')):.1f} s "
+                              f"({r.get('ig_points')})" for r in bench["per_prompt"]) + ".",
+                  f"Source: `{bench_json}` (`python -m benchmarks.bench_lrp_prompts --repeats {bench['repeats']}`)."]
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -159,18 +285,34 @@ def _uptime() -> str:
         return "unknown"
 
 
+RULE_TITLE = "Rule-based methods against IG on SmolLM2 (issue #17)"
+ATTENTION_TITLE = "Is attention an explanation? Jain & Wallace's checks"  # written by make_attention_doc.py
+
+
+def section_key(title: str) -> str:
+    """"lm" for the language-model section, "zoo:<task>", else the title itself."""
+    if title.startswith("zoo:"):
+        return title
+    if title.startswith(("SmolLM2", "tiny-gpt2")):
+        return "lm"
+    return title
+
+
+def section_order(k: str) -> tuple[int, str]:
+    return ({"lm": 0, RULE_TITLE: 1}.get(k, 3 if k == ATTENTION_TITLE else 2), k)
+
+
 def old_sections(path: Path) -> dict[str, str]:
-    """The sections of an existing doc, keyed as :func:`main` keys them ("lm", "zoo:<task>")."""
+    """The sections of an existing doc, keyed by :func:`section_key`."""
     if not path.exists():
         return {}
     out: dict[str, str] = {}
     key = None
     for line in path.read_text().splitlines():
         if line.startswith("## "):
-            title = line[3:].strip()
-            key = title if title.startswith("zoo:") else "lm"
+            key = section_key(line[3:].strip())
             out[key] = ""
-        elif line.startswith("_Generated in") or line.startswith("_Run in progress"):
+        elif line.startswith(("_Generated in", "_Run in progress", "_The last run took")):
             key = None
         if key is not None:
             out[key] += line + "\n"
@@ -190,6 +332,9 @@ def main() -> None:
     p.add_argument("--merge", action="store_true", help="keep the existing doc's sections this run does not recompute")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--json-dir", type=Path, help="also save each section's full report (ValidationReport.to_json) here")
+    p.add_argument("--rule-summary", type=Path, metavar="REPORT_JSON",
+                   help="write the #17 section from a saved SmolLM2 report (--json-dir's smollm2.json); no model work")
+    p.add_argument("--bench-json", type=Path, help="benchmarks/bench_lrp_prompts.py's output for the #17 section")
     a = p.parse_args()
     if a.threads:
         import torch
@@ -257,7 +402,7 @@ def main() -> None:
         tail = [f"_The last run took {time.time() - t0:.0f} s._\n"] if done else ["_Run in progress or interrupted: sections above are complete._\n"]
         # --merge re-reads the doc at every write, so two runs writing to it in turn keep each other's sections
         merged = {**(old_sections(a.out) if a.merge else {}), **sections}
-        order = sorted(merged, key=lambda k: (not k.startswith("lm"), k))
+        order = sorted(merged, key=section_order)
         a.out.parent.mkdir(parents=True, exist_ok=True)
         a.out.write_text("\n".join(parts + [merged[k].rstrip("\n") + "\n" for k in order] + tail))
 
@@ -275,6 +420,8 @@ def main() -> None:
         write(False)
         print(f"zoo:{task} done at {time.time() - t0:.0f} s", flush=True)
 
+    if a.rule_summary:
+        sections[RULE_TITLE] = rule_section(a.rule_summary, a.bench_json)
     if not a.skip_smollm:
         note = ""
         try:
@@ -288,25 +435,39 @@ def main() -> None:
         lm_params = {**{k: v for k, v in LM_PARAMS.items() if k in lm_methods}, **method_params}
         lm_sched = LM_RANDOMIZATION if not a.quick else schedules
         prompts = LM_PROMPTS[: a.lm_prompts]
-        rep = ma.validate(
-            lm, prompts, methods=lm_methods, checks="all", seed=0,
-            randomization_stride=LM_STRIDE, randomization=lm_sched, n_random=5, method_params=lm_params,
-        )
-        lm_settings = {**settings, "methods": lm_methods, "method_params": lm_params,
-                       "left_out": {k: v for k, v in LM_EXCLUDE.items() if k in methods},
-                       "randomization": list(lm_sched), "randomization_stride": LM_STRIDE,
-                       "prompts": len(prompts), "uptime_before": uptime0, "uptime_after": _uptime()}
-        for k in ("lm_prompts", "randomization_stride (SmolLM2)"):
-            lm_settings.pop(k, None)
-        plist = "Prompts (the target is the model's own greedy next token; why each is there: `LM_PROMPTS` in the script):\n\n" + "\n".join(
-            f"{i}. `{q}` → `{t[0] if t else ''}`" for i, (q, t) in enumerate(zip(rep.meta["prompts"], rep.meta["targets"])))
-        sections["lm"] = (section(name, rep, (note + "\n\n" if note else "") + plist)
-                          + "\nSettings:\n\n```json\n" + json.dumps(lm_settings, indent=2) + "\n```\n")
-        if a.json_dir:
-            a.json_dir.mkdir(parents=True, exist_ok=True)
-            (a.json_dir / "smollm2.json").write_text(rep.to_json())
-        write(False)
-        print(f"{name} done at {time.time() - t0:.0f} s", flush=True)
+        # Two runs, merged: the first (every check) holds the rule-based methods, IG and the cheap
+        # ones, so #17's answer is written first; the second holds the costly ones without the
+        # randomization check (LM_NO_RANDOMIZATION). The doc is rewritten after each run.
+        first = [m for m in lm_methods if m not in LM_NO_RANDOMIZATION]
+        runs = [r for r in (first, [m for m in lm_methods if m in LM_NO_RANDOMIZATION]) if r]
+        reps = []
+        for i, run in enumerate(runs):
+            # named checks must run, so the second run names only those a non-zoo model has
+            checks = "all" if i == 0 or a.quick else LM_RUN2_CHECKS
+            reps.append(ma.validate(
+                lm, prompts, methods=run, checks=checks, seed=0,
+                randomization_stride=LM_STRIDE, randomization=lm_sched, n_random=5,
+                method_params={k: v for k, v in lm_params.items() if k in run},
+            ))
+            rep = merge_reports(reps)
+            lm_settings = {**settings, "methods": lm_methods, "method_params": lm_params,
+                           "runs": runs[: i + 1], "randomization not run for": [m for r in runs[1: i + 1] for m in r],
+                           "left_out": {k: v for k, v in LM_EXCLUDE.items() if k in methods},
+                           "randomization": list(lm_sched), "randomization_stride": LM_STRIDE,
+                           "prompts": len(prompts), "uptime_before": uptime0, "uptime_after": _uptime()}
+            for k in ("lm_prompts", "randomization_stride (SmolLM2)"):
+                lm_settings.pop(k, None)
+            plist = "Prompts (the target is the model's own greedy next token; why each is there: `LM_PROMPTS` in the script):\n\n" + "\n".join(
+                f"{j}. `{q}` → `{t[0] if t else ''}`" for j, (q, t) in enumerate(zip(rep.meta["prompts"], rep.meta["targets"])))
+            pending = "" if i == len(runs) - 1 else f"\n\n_Run {i + 1} of {len(runs)} done; methods still to come: {', '.join(m for r in runs[i + 1:] for m in r)}._"
+            sections["lm"] = (section(name, rep, (note + "\n\n" if note else "") + plist + pending)
+                              + "\nSettings:\n\n```json\n" + json.dumps(lm_settings, indent=2) + "\n```\n")
+            if a.json_dir:
+                a.json_dir.mkdir(parents=True, exist_ok=True)
+                (a.json_dir / "smollm2.json").write_text(rep.to_json())
+                sections[RULE_TITLE] = rule_section(a.json_dir / "smollm2.json", a.bench_json)
+            write(False)
+            print(f"{name} run {i + 1}/{len(runs)} done at {time.time() - t0:.0f} s", flush=True)
     write(True)
     print(f"wrote {a.out}")
 
