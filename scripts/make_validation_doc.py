@@ -238,13 +238,13 @@ def rule_section(report_json: Path, bench_json: Path | None) -> str:
         if m not in rows:
             continue
         d, ab = _verdict(rows[m]["perturbation"])[0], _verdict(rows[m]["ablation"])[0]
-        cheap = bench is not None and bench["x_saliency_max"][m] <= 2.0
+        cheap = bench is not None and bench["x_saliency_median"][m] <= 2.0
         if d and ab and ig_fails and cheap:
             met.append(m)
         else:
             why.append(f"`{m}`: " + ", ".join(
                 x for x, bad in (("fails deletion", not d), ("fails ablation", not ab),
-                                 ("over 2× saliency on some prompt", bench is not None and not cheap)) if bad) or m)
+                                 ("over 2× saliency (median over prompts)", bench is not None and not cheap)) if bad) or m)
     lines.append("")
     if ig is None:
         lines.append("Integrated gradients was not in this run; the comparison needs it.")
@@ -300,6 +300,18 @@ def section_key(title: str) -> str:
 
 def section_order(k: str) -> tuple[int, str]:
     return ({"lm": 0, RULE_TITLE: 1}.get(k, 3 if k == ATTENTION_TITLE else 2), k)
+
+
+def replace_section(path: Path, title: str, body: str) -> None:
+    """Put one section (``## title`` + body) into an existing validation doc, keeping its header, its
+    other sections and its last line; for scripts that own one section (make_attention_doc.py)."""
+    text = path.read_text()
+    head = text[: text.index("\n## ") + 1] if "\n## " in text else text
+    tail = [ln for ln in text.splitlines() if ln.startswith("_The last run took")]
+    secs = old_sections(path)
+    secs[section_key(title)] = f"## {title}\n\n{body.strip()}\n"
+    order = sorted(secs, key=section_order)
+    path.write_text(head + "\n".join(secs[k].rstrip("\n") + "\n" for k in order) + ("\n" + tail[-1] + "\n" if tail else ""))
 
 
 def old_sections(path: Path) -> dict[str, str]:
