@@ -143,7 +143,8 @@ def main() -> None:
         try:
             res, _ = call(model, "integrated_gradients", **kw)
         except MechattrError as e:
-            first_sentence = str(e).split(". ")[0].rstrip(".")
+            msg = str(e)
+            first_sentence = msg.split(" (e.g")[0] if " (e.g" in msg else msg.split(". ")[0].rstrip(".")
             ig_lines.append(f"| {label} | refused: {first_sentence} (`{type(e).__name__}`) |")
             continue
         d = res.diagnostics
