@@ -239,6 +239,32 @@ def rule_section(report_json: Path, bench_json: Path | None) -> str:
             else:
                 cells += ["", ""]
         lines.append("| " + " | ".join(cells) + " |")
+    # the bars each verdict had to clear, recomputed from the report's records (means over prompts)
+    import statistics
+
+    recs = rep.get("records", [])
+
+    def per_prompt(check: str, metric: str, m: str) -> list[float]:
+        return [r["value"] for r in sorted((r for r in recs if r["check"] == check and r["metric"] == metric
+                                            and r["method"] == m), key=lambda r: r.get("prompt", 0))]
+
+    rnd = [r for r in recs if r["check"] == "perturbation" and r["metric"] == "aopc" and r["method"] == "random"]
+    if rnd:
+        seeds = sorted({r.get("seed") for r in rnd})
+        per_seed = [statistics.mean(r["value"] for r in rnd if r.get("seed") == sd) for sd in seeds]
+        ctl = {c: per_prompt("perturbation", "aopc", c) for c in ("frequency", "position", "recency")}
+        abl = {c: per_prompt("ablation", "spearman", c) for c in ("frequency", "position", "recency")}
+        lines += ["", f"The bars (means over the {len(ctl['recency'])} prompts): deletion AOPC random "
+                  f"{statistics.mean(per_seed):.3f} ± {statistics.stdev(per_seed) if len(per_seed) > 1 else 0:.3f}, "
+                  + ", ".join(f"{c} {statistics.mean(v):.3f}" for c, v in ctl.items() if v)
+                  + "; ablation Spearman " + ", ".join(f"{c} {statistics.mean(v):.3f}" for c, v in abl.items() if v) + ".",
+                  "", "Ablation Spearman per prompt (prompt order of the SmolLM2 section):", "",
+                  "| ordering | " + " | ".join(str(i) for i in range(len(abl["recency"]))) + " |",
+                  "|---|" + "---|" * len(abl["recency"])]
+        for m in RULE_METHODS + ["integrated_gradients", "occlusion", "position", "recency"]:
+            v = per_prompt("ablation", "spearman", m)
+            if v:
+                lines.append(f"| {m} | " + " | ".join(f"{x:.2f}" for x in v) + " |")
     ig = rows.get("integrated_gradients")
     ig_fails = ig is not None and (_verdict(ig["perturbation"])[0] is False or _verdict(ig["ablation"])[0] is False)
     met, why = [], []
