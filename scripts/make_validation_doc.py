@@ -163,7 +163,9 @@ def merge_reports(reps: list[ma.ValidationReport]) -> ma.ValidationReport:
     for n in names:
         have = [r for r in reps if n in r.checks]
         c0 = have[0].checks[n]
-        c = CheckResult(n, records=[x for r in have for x in r.checks[n].records], data=dict(c0.data),
+        # the controls' and random orderings' records once (from the first run), each method's from its run
+        recs = list(c0.records) + [x for r in have[1:] for x in r.checks[n].records if x.get("method") in r.methods]
+        c = CheckResult(n, records=recs, data=dict(c0.data),
                         notes=list(dict.fromkeys(x for r in have for x in r.checks[n].notes)), unavailable=c0.unavailable)
         for r in reps:
             if n in r.checks:
@@ -242,7 +244,10 @@ def rule_section(report_json: Path, bench_json: Path | None) -> str:
     # the bars each verdict had to clear, recomputed from the report's records (means over prompts)
     import statistics
 
-    recs = rep.get("records", [])
+    # one record per (check, method, metric, prompt, row, seed): a report merged by an older build
+    # carried the controls once per run
+    recs = list({(r["check"], r["method"], r["metric"], r.get("prompt"), r.get("row"), r.get("seed"), r.get("mode"),
+                  r.get("step")): r for r in rep.get("records", [])}.values())
 
     def per_prompt(check: str, metric: str, m: str) -> list[float]:
         return [r["value"] for r in sorted((r for r in recs if r["check"] == check and r["metric"] == metric
@@ -451,7 +456,10 @@ def main() -> None:
     sections: dict[str, str] = {}
 
     def write(done: bool) -> None:
-        tail = [f"_The last run took {time.time() - t0:.0f} s._\n"] if done else ["_Run in progress or interrupted: sections above are complete._\n"]
+        computed = [k for k in sections if k != RULE_TITLE]
+        tail = [(f"_The last run took {time.time() - t0:.0f} s._\n" if computed else
+                 "_The last pass recomputed no section (it rewrote the header and the #17 section from the saved "
+                 "SmolLM2 report); each section's settings say how and when it was computed._\n")] if done else ["_Run in progress or interrupted: sections above are complete._\n"]
         # --merge re-reads the doc at every write, so two runs writing to it in turn keep each other's sections
         merged = {**(old_sections(a.out) if a.merge else {}), **sections}
         order = sorted(merged, key=section_order)

@@ -50,6 +50,9 @@ def test_merged_runs_equal_one_run(tiny_model):
     s, s1 = m.checks["perturbation"].data["summary"], both.checks["perturbation"].data["summary"]
     assert set(s) == set(s1)  # each method once, the controls and random orderings once
     assert s["recency"]["aopc"] == pytest.approx(s1["recency"]["aopc"])
+    key = lambda r: (r["check"], r["method"], r["metric"], r.get("prompt"), r.get("row"), r.get("seed"))  # noqa: E731
+    for check in ("perturbation", "ablation"):
+        assert sorted(map(key, m.checks[check].records)) == sorted(map(key, both.checks[check].records))
     # a check the second run did not run reads n/a for its methods, never PASS/FAIL
     assert m.verdict("agreement", "earliest_first").passed is None
     rows = {r["method"]: r for r in m.summary_rows()}
