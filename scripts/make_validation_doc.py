@@ -13,6 +13,14 @@ interrupted run still leaves the finished sections. ``--merge`` keeps the sectio
 doc that this run does not recompute (e.g. ``--skip-smollm`` in one process and ``--zoo`` with no
 task in another, each pinned to its own core); every section records the settings it was made with.
 
+How docs/validation.md was made in session 5 (one thread each, in the background):
+
+    python scripts/make_validation_doc.py --zoo --merge --threads 1 --json-dir /tmp/vd   # SmolLM2 only, ~45 min
+    python -m benchmarks.bench_lrp_prompts --repeats 5 > benchmarks/results/bench_lrp_prompts.json
+    python scripts/make_validation_doc.py --zoo --skip-smollm --merge \
+        --rule-summary /tmp/vd/smollm2.json --bench-json benchmarks/results/bench_lrp_prompts.json
+    python scripts/make_attention_doc.py     # the Jain & Wallace section
+
 Numbers are whatever they turn out to be; the script never edits them.
 """
 
