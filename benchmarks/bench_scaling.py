@@ -47,9 +47,14 @@ def _rss_mib() -> float:
 
 def model_dir(name: str) -> Path:
     if name == "gpt2-small-shape":
-        from benchmarks.run import model_dir as gpt2_dir
+        # The same shape as benchmarks.run's model, with 2,048 positions (GPT-2's own 1,024 would
+        # stop the scaling at 1,024 tokens); random init, seed 0.
+        from mechattr.tl.loading import atomic_dir, cache_dir, make_gpt2_dir
 
-        return gpt2_dir()
+        return atomic_dir(
+            cache_dir() / "bench" / "gpt2-small-random-2k-v1",
+            lambda p: make_gpt2_dir(p, n_layer=12, n_head=12, n_embd=768, n_positions=2048, seed=0),
+        )
     if name == "smollm2-135m":
         from mechattr.tl.smollm import checkpoint_dir
 
