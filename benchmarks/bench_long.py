@@ -108,6 +108,9 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
 def report(r: dict[str, Any], command: str) -> str:
     from benchmarks.run import machine, versions
 
+    import torch
+
+    torch.set_num_threads(int(r.get("threads") or torch.get_num_threads()))  # the machine line names the run's threads
     v = versions()
     L = [
         "# Performance: long inputs",
@@ -186,6 +189,15 @@ def step_section(rows: list[dict[str, Any]]) -> str:
             f"{r['load_avg_1min_before_after'][1]:.1f} | {r['date']} |"
         )
     L.append("")
+    for r in rows:
+        if "mechattr" in r["median_extra_mib"]:
+            peak = r["rss_mib_end"] + max(r["extra_mib"]["mechattr"] + r["extra_mib"].get("hf_sdpa", []))
+            L.append(f"At {r['tokens']} tokens the whole process (both models loaded, {r['rss_mib_end'] / 1024:.1f} GiB "
+                     f"resident between calls) peaked at about {peak / 1024:.1f} GiB.")
+    L += ["", "Times in this table and in the 50-step run above were taken under different loads of the "
+          "shared machine (see the load columns): compare ratios, not seconds, across runs. Both sides "
+          "run the same SDPA kernels on the same weights (the gradients agree exactly), so the "
+          "ratios scatter around 1 with the machine's noise.", ""]
     return "\n".join(L) + "\n"
 
 
