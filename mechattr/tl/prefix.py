@@ -442,6 +442,7 @@ class PrefixRunner:
         reuse_cost = sum((e - b) * (P - starts_sorted[b]) + over for b, e in groups)
         if not self._ready:
             reuse_cost += P + over
+        group_cost = reuse_cost
         # Packing (hf backend): every changed suffix exactly once, laid end to end in a few
         # sequences; its extra cost is masked attention over the pack, about (P + L) / (6 d_model)
         # of a token row's work per token (attention ~4 d per key against ~24 d^2 for the weights).
@@ -466,7 +467,9 @@ class PrefixRunner:
             first = order[packs[0][0]:packs[0][0] + 1]
             if not self._pack_ok(tokens[first], None if embed is None else embed[first], starts_sorted[0], pos_t):
                 packs = []
-                groups = plan_groups(starts_sorted[:todo], P, over)
+                if group_cost >= B * P + over:
+                    st["plain_batches"] = st.get("plain_batches", 0) + 1
+                    return None
         fuse = bool(packs) and not self._ready
         if fuse:
             self._ready = True  # the first pack computes the prefix state
