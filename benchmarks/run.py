@@ -355,8 +355,9 @@ def report(cases: list[Case], s: Settings, quick: bool, flow: str | None, notes:
                      f"| forward (HF) {fmt(med.get('forward_hf'), '.3f')} | – | ÷ TL forward {fmt(r.get('forward_tl'))} "
                      f"| ÷ HF forward {fmt(r.get('forward_hf'))} | {c.target} {'✓' if ok else '✗'} | {can} |")
             continue
-        cell = {k: (fmt(med.get(k), ".3f") if k in med else ("n/a" if k not in c.tools else "failed")) for k in
-                ("mechattr", "captum", "inseq", "floor")}
+        cell = {k: (fmt(med.get(k), ".3f") if k in med else ("n/a" if k not in c.tools else
+                                                               "failed" if k in c.errors else "not run"))
+                for k in ("mechattr", "captum", "inseq", "floor")}
         okp = c.peer_target is None or (r.get("peer") is not None and r["peer"] <= c.peer_target)
         okf = c.floor_target is None or (r.get("floor") is not None and r["floor"] <= c.floor_target)
         tgt = c.target + (f"; ≤ {c.floor_target} × floor" if c.floor_target else "")
