@@ -451,6 +451,14 @@ NOTES = [
     "of all copies run packed into one sequence with an explicit attention mask and positions, led by the "
     "unperturbed input (210 token rows at 20 tokens), so it goes below the floor; the scores equal the plain "
     "computation within 1e-5 (tests/test_perf_paths.py). `MECHATTR_PREFIX_REUSE=0` gives the plain batch.",
+    "Occlusion at 320 tokens (session 5: one round without warm-up, mechattr and Captum only; Inseq and "
+    "the floor were not run for lack of CPU time on the shared machine): the 0.1x target is not met, and "
+    "prefix reuse cannot meet it. At this length the peers' per-forward overheads no longer dominate: "
+    "Captum's forward costs about 1.5x the floor's (full-vocabulary logits at all 320 positions, about 25 "
+    "GFLOP, on top of the body's about 54), so the floor sits near 0.65x Captum (an estimate from the "
+    "arithmetic, the floor was not timed), and reuse runs about half the floor's token rows; mechattr at "
+    "0.32x Captum is about 0.5x the estimated floor, the work bound of reusing prefixes. The 0.1x target "
+    "would need a quarter of the floor's arithmetic.",
     "Inseq 0.7.1 pins `typeguard<=2.13.3` while transformer-lens 4.3 needs `typeguard>=4.2`; Inseq never "
     "imports typeguard, so it is installed with `--no-deps` next to its real runtime dependencies (see "
     "benchmarks/README.md). Its `nvidia-*-cu11` requirements are CUDA wheels not needed on CPU.",
