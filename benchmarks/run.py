@@ -408,7 +408,13 @@ def report(cases: list[Case], s: Settings, quick: bool, flow: str | None, notes:
              "evaluations are inside mechattr's and the peers' time) and peak extra memory against input "
              "length, each (tool, length) in its own process (`python -m benchmarks.bench_scaling`; "
              "saved runs under docs/figures/, rendered here by `python -m benchmarks.run`). "
-             "Prefix reuse for the perturbation methods and the GPU check: "
+             "With 2 steps, mechattr's time per step carries its two no-grad completeness evaluations "
+             "f(x), f(b) (about a third of a step each, so about +33%), which the floors do not compute; the "
+             "like-for-like single-step comparison is in [Long inputs](performance-long.md). The points run one "
+             "after another on a shared machine whose load moved during the run (see the conditions): the "
+             "memory panel is stable, the time panel is not. Memory grows linearly with length for "
+             "mechattr and the SDPA floor (about 2x per doubling) and faster for eager attention, Captum and "
+             "Inseq (their attention patterns). Prefix reuse for the perturbation methods and the GPU check: "
              "[Scaling](performance-scaling.md).\n")
     from benchmarks.bench_scaling import markdown as scaling_md
 
