@@ -3,9 +3,9 @@
     python -m benchmarks.bench_prefix                                  # tiny GPT-2 and GPT-2-small shape, 20 and 320 tokens
     python -m benchmarks.bench_prefix --models smollm2-135m --tokens 20 --methods occlusion
 
-Each case runs the same mechattr call with ``MECHATTR_PREFIX_REUSE`` on and off in one process,
-interleaved over ``--rounds`` rounds after one warm-up each, and reports the median times, their
-ratio, the fraction of token rows the reuse actually ran (from the call's diagnostics) and the
+Each case runs the same mechattr call with ``MECHATTR_PREFIX_REUSE`` on and off (and on with
+packing off, ``MECHATTR_PREFIX_PACK=0``: groups only) in one process, interleaved over ``--rounds``
+rounds after one warm-up each, and reports the median times, the medians of the per-round ratios, the fraction of token rows the reuse actually ran (from the call's diagnostics) and the
 max |difference| of the scores. The 5-minute load average is printed with the table: on a shared
 machine the times are noisy; the work fraction is not.
 """
@@ -50,10 +50,11 @@ def prompt_ids(model: Any, n: int) -> Any:
     return ids[:n]
 
 
-def timed(model: Any, ids: Any, method: str, reuse: bool, kw: dict[str, Any]) -> tuple[float, Any]:
+def timed(model: Any, ids: Any, method: str, reuse: bool, kw: dict[str, Any], pack: bool = True) -> tuple[float, Any]:
     import mechattr as ma
 
     os.environ["MECHATTR_PREFIX_REUSE"] = "1" if reuse else "0"
+    os.environ["MECHATTR_PREFIX_PACK"] = "1" if pack else "0"
     t0 = time.perf_counter()
     out = ma.attribute(model, ids, method=method, quiet=True, **kw)
     return time.perf_counter() - t0, out
@@ -72,32 +73,41 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(args.threads)
     print(f"load average (1, 5, 15 min): {os.getloadavg()}; torch threads {torch.get_num_threads()}")
-    print("| model | tokens | method | plain s | reuse s | reuse / plain | token rows run | max abs diff |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| model | tokens | method | plain s | reuse s | reuse / plain | token rows run | max abs diff "
+          "| groups only s | groups / plain | groups' token rows |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for mname in args.models.split(","):
         model = load(mname, args.device)
         for n in (int(t) for t in args.tokens.split(",")):
             ids = prompt_ids(model, n).to(args.device)
             for method in args.methods.split(","):
                 kw = METHODS[method]
-                times: dict[bool, list[float]] = {True: [], False: []}
+                # modes: plain (no reuse), reuse (packing allowed: the default), groups (packing off)
+                modes = {"plain": (False, True), "reuse": (True, True), "groups": (True, False)}
+                times: dict[str, list[float]] = {m: [] for m in modes}
                 outs = {}
-                for reuse in (True, False):  # warm-up (the measurement itself with --rounds 0)
-                    t, outs[reuse] = timed(model, ids, method, reuse, kw)
+                for m, (reuse, pack) in modes.items():  # warm-up (the measurement itself with --rounds 0)
+                    t, outs[m] = timed(model, ids, method, reuse, kw, pack)
                     if args.rounds == 0:
-                        times[reuse].append(t)
-                for _ in range(args.rounds):
-                    for reuse in (False, True):
-                        t, _ = timed(model, ids, method, reuse, kw)
-                        times[reuse].append(t)
-                a, b = statistics.median(times[False]), statistics.median(times[True])
-                d = outs[True].diagnostics.get("prefix_reuse", {})
-                diff = float((outs[True].scores - outs[False].scores).abs().max())
-                frac = d.get("work_fraction")
-                print(f"| {mname} | {n} | {method} | {a:.3f} | {b:.3f} | {b / a:.2f} | "
-                      f"{'n/a (' + d.get('fallback', '?') + ')' if frac is None else f'{frac:.2f}'} | {diff:.1e} |",
+                        times[m].append(t)
+                for r in range(args.rounds):
+                    for m in (list(modes) if r % 2 == 0 else list(modes)[::-1]):
+                        t, _ = timed(model, ids, method, modes[m][0], kw, modes[m][1])
+                        times[m].append(t)
+                med = {m: statistics.median(v) for m, v in times.items()}
+                ratio = {m: statistics.median(x / y for x, y in zip(times[m], times["plain"])) for m in modes}
+
+                def frac(m: str) -> str:
+                    d = outs[m].diagnostics.get("prefix_reuse", {})
+                    f = d.get("work_fraction")
+                    return f"n/a ({d.get('fallback', '?')})" if f is None else f"{f:.2f}" + (" packed" if d.get("packed_forwards") else "")
+
+                diff = max(float((outs[m].scores - outs["plain"].scores).abs().max()) for m in ("reuse", "groups"))
+                print(f"| {mname} | {n} | {method} | {med['plain']:.3f} | {med['reuse']:.3f} | {ratio['reuse']:.2f} | "
+                      f"{frac('reuse')} | {diff:.1e} | {med['groups']:.3f} | {ratio['groups']:.2f} | {frac('groups')} |",
                       flush=True)
     os.environ.pop("MECHATTR_PREFIX_REUSE", None)
+    os.environ.pop("MECHATTR_PREFIX_PACK", None)
     print(f"load average at the end: {os.getloadavg()}")
 
 

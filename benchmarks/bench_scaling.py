@@ -47,9 +47,14 @@ def _rss_mib() -> float:
 
 def model_dir(name: str) -> Path:
     if name == "gpt2-small-shape":
-        from benchmarks.run import model_dir as gpt2_dir
+        # The same shape as benchmarks.run's model, with 2,048 positions (GPT-2's own 1,024 would
+        # stop the scaling at 1,024 tokens); random init, seed 0.
+        from mechattr.tl.loading import atomic_dir, cache_dir, make_gpt2_dir
 
-        return gpt2_dir()
+        return atomic_dir(
+            cache_dir() / "bench" / "gpt2-small-random-2k-v1",
+            lambda p: make_gpt2_dir(p, n_layer=12, n_head=12, n_embd=768, n_positions=2048, seed=0),
+        )
     if name == "smollm2-135m":
         from mechattr.tl.smollm import checkpoint_dir
 
@@ -96,7 +101,7 @@ class HFFloor:
         for s in range(steps):
             e = (b + float(0.5 * (a[s] + 1)) * (x - b))[None].requires_grad_(True)
             with torch.enable_grad():
-                h = base(inputs_embeds=e).last_hidden_state[:, -1]
+                h = base(inputs_embeds=e, use_cache=False).last_hidden_state[:, -1]
                 v = head(h).log_softmax(-1)[:, target].sum()
                 (g,) = torch.autograd.grad(v, e)
             acc += float(0.5 * w[s]) * g[0]
@@ -213,6 +218,46 @@ def plot(results: list[dict[str, Any]], path: Path, title: str) -> None:
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def markdown(json_path: Path, figure: str | None = None) -> str:
+    """A results table (seconds per step and peak extra MiB per tool and length) from a saved run,
+    with its conditions, the skipped tools and the figure (``figure``: its path as the page links it)."""
+    meta = json.loads(Path(json_path).read_text())
+    res = meta["results"]
+    lengths = sorted({r["length"] for r in res})
+    tools = [t for t in TOOLS if any(r["tool"] == t for r in res)]
+    L = [f"Conditions: {meta['conditions']}. Command: `python -m benchmarks.bench_scaling {' '.join(meta['argv'])}`.", ""]
+    if figure:
+        L += [f"![time and memory against length]({figure})", ""]
+    L += ["| tool | " + " | ".join(f"{n} tokens" for n in lengths) + " |", "|---|" + "---|" * len(lengths)]
+    for t in tools:
+        cells = []
+        for n in lengths:
+            r = next((r for r in res if r["tool"] == t and r["length"] == n), None)
+            if r is None:
+                cells.append("–")
+            elif "s_per_step" in r:
+                cells.append(f"{r['s_per_step']:.2f} s, {r['extra_mib']:.0f} MiB")
+            elif "skipped" in r:
+                cells.append("skipped")
+            else:
+                cells.append("failed")
+        L.append(f"| {t} | " + " | ".join(cells) + " |")
+    why = sorted({f"{r['tool']}: {r.get('skipped') or r.get('error')}" for r in res if "s_per_step" not in r})
+    if why:
+        L += ["", "Not measured: " + "; ".join(why) + "."]
+    # growth between the two longest lengths measured, per tool (2x the length: linear = 2x, quadratic = 4x)
+    growth = []
+    for t in tools:
+        rs = sorted((r for r in res if r["tool"] == t and "s_per_step" in r), key=lambda r: r["length"])
+        if len(rs) >= 2 and rs[-2]["extra_mib"] > 0:
+            a, b = rs[-2], rs[-1]
+            growth.append(f"{t} {b['extra_mib'] / a['extra_mib']:.2f}x memory, {b['s_per_step'] / a['s_per_step']:.2f}x time "
+                          f"({a['length']} → {b['length']})")
+    if growth:
+        L += ["", "Growth over the last doubling of the length: " + "; ".join(growth) + "."]
+    return "\n".join(L) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:

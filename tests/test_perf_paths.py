@@ -251,6 +251,68 @@ def test_prefix_reuse_does_not_depend_on_the_batch_split(tiny_bridge, monkeypatc
     torch.testing.assert_close(a.scores, b.scores, atol=1e-5, rtol=1e-5)
 
 
+# ----- 2b. packed suffixes (one sequence, explicit mask and positions) ----------------------------
+PACK = {"MECHATTR_PREFIX_PACK": "force"}
+
+
+def _assert_packed_equal(model, method, monkeypatch, env=None, **kw):
+    packed = _run(model, method, monkeypatch, env={**PACK, **(env or {})}, **kw)
+    plain = _run(model, method, monkeypatch, env={"MECHATTR_PREFIX_REUSE": "0", **(env or {})}, **kw)
+    torch.testing.assert_close(packed.scores, plain.scores, atol=1e-5, rtol=1e-5)
+    d = packed.diagnostics["prefix_reuse"]
+    assert d.get("backend") == "hf" and d.get("packed_forwards", 0) >= 1, d
+    assert "packing_fallback" not in d
+    assert d["token_rows_run"] < d["token_rows_plain"]
+    return d
+
+
+def test_plan_packs_keeps_whole_rows_under_the_budget():
+    assert prefix.plan_packs([5, 4, 3, 3, 2, 1], 8) == [(0, 1), (1, 3), (3, 6)]
+    assert prefix.plan_packs([9, 2], 8) == [(0, 1), (1, 2)]  # a row over the budget goes alone
+    assert prefix.plan_packs([], 8) == []
+
+
+@pytest.mark.parametrize("method", ["occlusion", "kernel_shap", "lime"])
+def test_packed_suffixes_equal_plain_on_the_bridge(bridge, method, monkeypatch):
+    with model_unchanged(bridge):
+        d = _assert_packed_equal(bridge, method, monkeypatch, **PERTURBATION[method])
+    if method == "occlusion":  # one row per free position: exactly the changed suffixes, plus the input once
+        n = as_adapter(bridge).tokenize(PROMPT).shape[-1]
+        assert d["token_rows_run"] == n + sum(n - s for s in range(1, n))
+
+
+def test_packed_suffixes_with_embedding_replacement_eager_attention_and_several_rows(tiny_bridge, monkeypatch):
+    _assert_packed_equal(tiny_bridge, "occlusion", monkeypatch, replacement="zero")
+    _assert_packed_equal(tiny_bridge, "occlusion", monkeypatch, env={"MECHATTR_SDPA": "0"})
+    _assert_packed_equal(tiny_bridge, "occlusion", monkeypatch, target=ma.ForcedContinuation(" mat and slept"))
+
+
+def test_several_packs_and_batches_give_the_same_scores(tiny_bridge, monkeypatch):
+    """A budget of one input length forces several packs; later batches use the cached prefix."""
+    env = {"MECHATTR_PREFIX_PACK_TOKENS": "1"}
+    d = _assert_packed_equal(tiny_bridge, "kernel_shap", monkeypatch, env=env, n_samples=40, batch_size=7)
+    assert d["packed_forwards"] > 2
+
+
+def test_packing_that_does_not_reproduce_the_forward_falls_back_to_groups(tiny_bridge, monkeypatch):
+    fp = as_adapter(tiny_bridge).fast_path()
+    real = prefix.PrefixRunner._hf_packed
+
+    def broken(self, *a, **kw):
+        return real(self, *a, **kw) + 1.0
+
+    monkeypatch.setattr(prefix.PrefixRunner, "_hf_packed", broken)
+    fp._packing_ok = None
+    try:
+        out = _run(tiny_bridge, "occlusion", monkeypatch, env=PACK)
+        ref = _run(tiny_bridge, "occlusion", monkeypatch, env={"MECHATTR_PREFIX_REUSE": "0"})
+    finally:
+        fp._packing_ok = None
+    d = out.diagnostics["prefix_reuse"]
+    assert "did not reproduce" in d["packing_fallback"] and "packed_forwards" not in d
+    torch.testing.assert_close(out.scores, ref.scores, atol=1e-5, rtol=1e-5)
+
+
 # ----- 3. CUDA -----------------------------------------------------------------------------------
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 

@@ -16,6 +16,18 @@ token rows run plus a per-forward overhead); each group runs from its smallest s
 cached keys/values of the prefix, expanded (not copied) to the group's size. Read positions
 before a group's start take the unperturbed input's final hidden state.
 
+Packing (Hugging Face backend): instead of groups padded to their earliest start, the changed
+suffixes of a batch are laid end to end in one sequence (or a few, ``MECHATTR_PREFIX_PACK_TOKENS``
+token rows each, default max(256, input length)) with an explicit attention mask (each token sees
+the unperturbed prefix before its row's first change and its own row's earlier tokens) and
+explicit ``position_ids``; the unperturbed input leads the first pack, so there is no separate
+prefix forward. That runs exactly the changed token rows plus the input once (occlusion at 20
+tokens: 210 of 400 rows, against 271 + a prefix forward for the best grouping) for masked
+attention over the pack; the cost rule picks packing or grouping, whichever it rates cheaper.
+A one-time check per fast path compares a packed row with the plain forward; a model class that
+ignores custom masks or positions falls back to groups (``packing_fallback`` in the diagnostics).
+``MECHATTR_PREFIX_PACK=0`` turns packing off, ``=force`` packs every batch (tests, measurements).
+
 Backends:
 
 * TransformerBridge on the fast path (:mod:`mechattr.tl.fastpath`): the Hugging Face module
@@ -49,6 +61,36 @@ from torch import Tensor
 
 def enabled() -> bool:
     return os.environ.get("MECHATTR_PREFIX_REUSE", "1").strip().lower() not in {"0", "false", "no", "off"}
+
+
+def packing_enabled() -> bool:
+    return os.environ.get("MECHATTR_PREFIX_PACK", "1").strip().lower() not in {"0", "false", "no", "off"}
+
+
+def packing_forced() -> bool:
+    """``MECHATTR_PREFIX_PACK=force``: pack every batch with a changed row, whatever the cost rule
+    says (tests, measurements)."""
+    return os.environ.get("MECHATTR_PREFIX_PACK", "").strip().lower() == "force"
+
+
+def pack_budget(n_pos: int) -> int:
+    """Token rows per packed forward: at least the input's length (a pack holds whole suffixes)."""
+    env = os.environ.get("MECHATTR_PREFIX_PACK_TOKENS")
+    return max(n_pos, int(env) if env else 256)
+
+
+def plan_packs(lengths: Sequence[int], budget: int) -> list[tuple[int, int]]:
+    """Split rows (in order) into contiguous packs ``(begin, end)`` whose suffix lengths sum to
+    at most ``budget`` (a row longer than the budget gets a pack of its own)."""
+    packs, b, tot = [], 0, 0
+    for i, n in enumerate(lengths):
+        if i > b and tot + n > budget:
+            packs.append((b, i))
+            b, tot = i, 0
+        tot += n
+    if len(lengths):
+        packs.append((b, len(lengths)))
+    return packs
 
 
 def _overhead(device: torch.device, adapter: Any) -> int:
@@ -205,6 +247,109 @@ class PrefixRunner:
                 out = fp.base(inputs_embeds=embed[:, s:], use_cache=True, return_dict=True, **kw)
         return out.last_hidden_state
 
+    def _hf_packed(
+        self,
+        starts: Sequence[int],
+        tokens: Int[Tensor, "n pos"],
+        embed: Float[Tensor, "n pos d_model"] | None,
+        pos_t: Int[Tensor, " read"],
+        fuse: bool = False,
+    ) -> Float[Tensor, "n read d_model"]:
+        """Final hidden states at ``pos_t`` of rows whose suffixes run packed into ONE sequence.
+
+        Row ``r``'s suffix (positions ``starts[r]..P-1``) is laid end to end with the other rows'
+        suffixes; an explicit attention mask lets each of its tokens see the unperturbed prefix
+        before ``starts[r]`` and its own row's earlier suffix tokens only, and ``position_ids``
+        carry the absolute positions. The sequence holds exactly the token rows that changed, with
+        no padding to a group's earliest start (what :func:`plan_groups` pays); the price is
+        attention over the whole pack, masked. With ``fuse`` the unperturbed input itself leads
+        the pack (causal over itself) instead of coming from the cache, and its keys, values and
+        hidden states become the runner's prefix state: no separate prefix forward."""
+        from transformers import DynamicCache
+
+        fp = self._fp
+        P = tokens.shape[-1]
+        dev = tokens.device
+        s_t = torch.as_tensor(list(starts), dtype=torch.long, device=dev)
+        lens = P - s_t
+        n0 = P if fuse else 0  # leading unperturbed tokens in the pack
+        row = torch.repeat_interleave(torch.arange(len(starts), device=dev), lens)  # [L]
+        offs = torch.cumsum(lens, 0) - lens
+        local = torch.arange(row.numel(), device=dev) - offs[row]
+        position = s_t[row] + local
+        allowed = torch.cat(
+            [
+                torch.arange(P, device=dev)[None, :] < s_t[row][:, None],  # the unperturbed prefix
+                (row[None, :] == row[:, None]) & (local[None, :] <= local[:, None]),  # own suffix, causal
+            ],
+            dim=1,
+        )
+        if embed is None:
+            x = tokens[row, position]
+        else:
+            x = embed[row, position]
+        if fuse:
+            ar = torch.arange(P, device=dev)
+            head = torch.cat([ar[None, :] <= ar[:, None], allowed.new_zeros(P, row.numel())], dim=1)
+            allowed = torch.cat([head, allowed], dim=0)
+            position = torch.cat([ar, position])
+            if embed is None:
+                x = torch.cat([self.tokens[0], x])
+            else:
+                x = torch.cat([self._base_embed_for(embed)[0], x])
+            kw: dict[str, Any] = {}
+        else:
+            kv, _ = self._state
+            kw = {fp.cache_kw: DynamicCache(ddp_cache_data=[(k, v) for k, v in kv])}
+        if fp.sdpa:
+            mask = allowed[None, None]
+        else:  # eager attention adds the mask to its scores
+            dt = fp.head.weight.dtype
+            mask = torch.zeros(allowed.shape, dtype=dt, device=dev).masked_fill_(~allowed, torch.finfo(dt).min)[None, None]
+        kw.update(attention_mask=mask, position_ids=position[None])
+        with fp.autocast():
+            if embed is None:
+                out = fp.base(input_ids=x[None], use_cache=True, return_dict=True, **kw)
+            else:
+                out = fp.base(inputs_embeds=x[None], use_cache=True, return_dict=True, **kw)
+        hs = out.last_hidden_state[0]
+        if fuse:
+            cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+            kv = [(item[0][:, :, :P], item[1][:, :, :P]) for item in cache]
+            self._state = (kv, hs[:P])
+            hs = hs[P:]
+        h0 = self._state[-1]
+        before = pos_t[None, :] < s_t[:, None]  # [n, read]
+        idx = offs[:, None] + (pos_t[None, :] - s_t[:, None]).clamp(min=0)
+        return torch.where(before[..., None], h0[pos_t][None].to(hs.dtype), hs[idx.clamp(max=hs.shape[0] - 1)])
+
+    def _base_embed_for(self, like: Tensor) -> Tensor:
+        if self._base_embed is None:
+            with torch.no_grad():
+                self._base_embed = self.adapter.embed(self.tokens)
+        return self._base_embed.to(like.dtype)
+
+    def _pack_ok(self, tokens: Tensor, embed: Tensor | None, s: int, pos_t: Tensor) -> bool:
+        """Once per fast path: packed rows give the plain forward's hidden states (a model class
+        that ignores ``position_ids`` or custom masks would not); else packing stays off."""
+        fp = self._fp
+        ok = getattr(fp, "_packing_ok", None)
+        if ok is None:
+            one = tokens[:1]
+            saved = self._state
+            packed = self._hf_packed([s], one, None if embed is None else embed[:1], pos_t, fuse=True)
+            self._state = saved
+            with fp.autocast():
+                ref = (fp.base(input_ids=one, use_cache=False, return_dict=True) if embed is None else
+                       fp.base(inputs_embeds=embed[:1], use_cache=False, return_dict=True)).last_hidden_state
+            ref = ref[:, pos_t]
+            tol = 1e-4 * float(ref.abs().max().clamp_min(1.0))
+            ok = bool(torch.isfinite(packed).all()) and float((packed.float() - ref.float()).abs().max()) <= tol
+            fp._packing_ok = ok
+            if not ok:
+                self.stats["packing_fallback"] = "packed suffixes did not reproduce the plain forward for this model"
+        return ok
+
     # ----- TL 3 HookedTransformer ---------------------------------------------------------------
     def _hooked_prefix(self) -> Any:
         try:
@@ -297,19 +442,61 @@ class PrefixRunner:
         reuse_cost = sum((e - b) * (P - starts_sorted[b]) + over for b, e in groups)
         if not self._ready:
             reuse_cost += P + over
-        if reuse_cost >= B * P + over:
+        group_cost = reuse_cost
+        # Packing (hf backend): every changed suffix exactly once, laid end to end in a few
+        # sequences; its extra cost is masked attention over the pack, about (P + L) / (6 d_model)
+        # of a token row's work per token (attention ~4 d per key against ~24 d^2 for the weights).
+        packs: list[tuple[int, int]] = []
+        if self.backend == "hf" and packing_enabled() and todo:
+            lens = [P - s for s in starts_sorted[:todo]]
+            budget = pack_budget(P)
+            packs = plan_packs(lens, budget)
+            pack_cost = sum(lens) * (1 + (P + budget) / (6 * int(self.adapter.d_model))) + len(packs) * over
+            if not self._ready:
+                pack_cost += over  # the unperturbed input leads the first pack (no separate forward)
+            if pack_cost < reuse_cost or packing_forced():
+                reuse_cost = pack_cost
+            else:
+                packs = []
+        if reuse_cost >= B * P + over and not (packs and packing_forced()):
             st["plain_batches"] = st.get("plain_batches", 0) + 1
             return None
-        if not self._prepare():
-            return None
-        h0 = self._state[-1]  # [P, d] final hidden state of the unperturbed input
         pos = list(range(P)) if positions is None else list(positions)
         pos_t = torch.tensor(pos, dtype=torch.long, device=tokens.device)
-        hidden = h0.new_empty((B, len(pos), h0.shape[-1]))
+        if packs:
+            first = order[packs[0][0]:packs[0][0] + 1]
+            if not self._pack_ok(tokens[first], None if embed is None else embed[first], starts_sorted[0], pos_t):
+                packs = []
+                if group_cost >= B * P + over:
+                    st["plain_batches"] = st.get("plain_batches", 0) + 1
+                    return None
+        fuse = bool(packs) and not self._ready
+        if fuse:
+            self._ready = True  # the first pack computes the prefix state
+            self.stats["backend"] = self.backend
+        elif not self._prepare():
+            return None
+        hidden = None
+        run = 0
+        for i, (b, e) in enumerate(packs):
+            rows = order[b:e]
+            h = self._hf_packed(starts_sorted[b:e], tokens[rows], None if embed is None else embed[rows], pos_t,
+                                fuse=fuse and i == 0)
+            if hidden is None:
+                hidden = h.new_empty((B, len(pos), h.shape[-1]))
+            hidden[rows] = h.to(hidden.dtype)
+            run += sum(P - s for s in starts_sorted[b:e])
+        if fuse:
+            run += P
+        if packs:
+            st["packed_forwards"] = st.get("packed_forwards", 0) + len(packs)
+            groups = []
+        h0 = self._state[-1]  # [P, d] final hidden state of the unperturbed input
+        if hidden is None:
+            hidden = h0.new_empty((B, len(pos), h0.shape[-1]))
         if done:
             rows = order[done[0]:]
             hidden[rows] = h0[pos_t].to(hidden.dtype)
-        run = 0
         for b, e in groups:
             s = starts_sorted[b]
             rows = order[b:e]
@@ -328,7 +515,7 @@ class PrefixRunner:
             hidden[rows] = h.to(hidden.dtype)
             run += (e - b) * (P - s)
         st["rows"] = st.get("rows", 0) + B
-        st["forwards"] = st.get("forwards", 0) + len(groups)
+        st["forwards"] = st.get("forwards", 0) + len(groups) + len(packs)
         st["token_rows_run"] = st.get("token_rows_run", 0) + run
         st["token_rows_plain"] = st.get("token_rows_plain", 0) + B * P
         return self._head(hidden)
@@ -369,4 +556,7 @@ def diagnostics(ctx: Any) -> dict[str, Any]:
     return {"prefix_reuse": out}
 
 
-__all__ = ["PrefixRunner", "reuse", "diagnostics", "plan_groups", "first_changed", "sort_order", "enabled"]
+__all__ = [
+    "PrefixRunner", "reuse", "diagnostics", "plan_groups", "plan_packs", "first_changed", "sort_order", "enabled",
+    "packing_enabled",
+]
