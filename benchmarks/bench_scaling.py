@@ -31,18 +31,12 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOLS = ("mechattr", "floor", "floor_eager", "captum", "inseq")
-
-
-def _rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def model_dir(name: str) -> Path:
@@ -147,29 +141,9 @@ def child(args: argparse.Namespace) -> None:
             t.ig(T.Job(pi, [target], steps, ig_batch=1))
 
     run(p_ids[:8], 2)  # warm-up: imports and one-off allocations do not count
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated() / 2**20
-    before_rss = _rss_mib()
-    peak = [before_rss]
-    stop = threading.Event()
+    from benchmarks.peak import measure
 
-    def sample() -> None:
-        while not stop.is_set():
-            peak[0] = max(peak[0], _rss_mib())
-            time.sleep(0.002)
-
-    th = threading.Thread(target=sample, daemon=True)
-    th.start()
-    t0 = time.perf_counter()
-    run(p_ids, args.steps)
-    if cuda:
-        torch.cuda.synchronize()
-    secs = time.perf_counter() - t0
-    stop.set()
-    th.join()
-    extra = (torch.cuda.max_memory_allocated() / 2**20 - before) if cuda else peak[0] - before_rss
+    secs, extra = measure(lambda: run(p_ids, args.steps), args.device)
     print("RESULT " + json.dumps({"tool": args.tool, "length": args.length, "s_per_step": secs / args.steps,
                                   "seconds": secs, "extra_mib": extra, "memory": "cuda_max_allocated" if cuda else "rss"}),
           flush=True)
