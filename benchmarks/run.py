@@ -404,10 +404,10 @@ def report(cases: list[Case], s: Settings, quick: bool, flow: str | None, notes:
              "against a plain Hugging Face SDPA forward+backward, with peak memory: see "
              "[Long inputs](performance-long.md) (written by `python -m benchmarks.bench_long`).\n")
     L.append("## Scaling with input length\n")
-    L.append("Time per IG step (one forward+backward on one sequence; the two no-grad completeness "
-             "evaluations are inside mechattr's and the peers' time) and peak extra memory against input "
-             "length, each (tool, length) in its own process (`python -m benchmarks.bench_scaling`; "
-             "saved runs under docs/figures/, rendered here by `python -m benchmarks.run`). "
+    L.append("Time per IG step (the call's wall time over its steps, one forward+backward on one sequence "
+             "per step) and peak extra memory against input length, each (tool, length) in its own process "
+             "(`python -m benchmarks.bench_scaling`; the runs' JSON and figures were copied to docs/figures/ "
+             "and are rendered here by `python -m benchmarks.run`). "
              "With 2 steps, mechattr's time per step carries its two no-grad completeness evaluations "
              "f(x), f(b) (about a third of a step each, so about +33%), which the floors do not compute; the "
              "like-for-like single-step comparison is in [Long inputs](performance-long.md). The points run one "
