@@ -85,8 +85,9 @@ def _card(ex: Any) -> str:
         for i, t in enumerate(ex.tokens)
     )
     unknown = ex.diagnostics.get("unknown words") or []
+    unk = ""
     if unknown:
-        strip += (
+        unk = (
             "<p class='verdict v-none'><b>Warning:</b> the model's vocabulary has no token for "
             + ", ".join(_tok(w) for w in unknown)
             + "; the model read each as its unknown token, so the page explains that token, not these words.</p>"
@@ -126,7 +127,7 @@ def _card(ex: Any) -> str:
     rule = f"<p class='small'><b>Trust rule.</b> {_e(ex.rule['text'])}</p>"
     return (
         f'<div class="card" id="answer-card"><p class="pred">{pred}</p>'
-        f'<div class="prompt-strip">{strip} → {_tok(ex.target)}</div>{verdict}{matter}{why}{heads}{rule}</div>'
+        f'<div class="prompt-strip">{strip} → {_tok(ex.target)}</div>{unk}{verdict}{matter}{why}{heads}{rule}</div>'
     )
 
 
