@@ -121,6 +121,8 @@ def main() -> None:
                                                              method="eap", keep_patterns=False),
         "mechattr eap, one pair per pass": lambda: ma.circuits.edge_attribution(
             model, cl_txt, co_txt, target, contrast=contrast, method="eap", batch_size=1, keep_patterns=False),
+        "mechattr eap, 4 pairs per pass": lambda: ma.circuits.edge_attribution(
+            model, cl_txt, co_txt, target, contrast=contrast, method="eap", batch_size=4, keep_patterns=False),
         "TL 4.3 attribution_patch(edge)": lambda: ap_tl.attribution_patch(
             model, clean, corrupt, metric, ap_tl.EdgeAttributionConfig(granularity="edge")),
         f"mechattr eap_ig_inputs m={args.steps}": lambda: ma.circuits.edge_attribution(
@@ -192,6 +194,8 @@ def smollm2(args: Any) -> None:
         "mechattr eap, all edges": lambda: ma.circuits.edge_attribution(model, pairs, method="eap", keep_patterns=False),
         "mechattr eap, one pair per pass": lambda: ma.circuits.edge_attribution(model, pairs, method="eap", batch_size=1,
                                                                                keep_patterns=False),
+        "mechattr eap, 4 pairs per pass": lambda: ma.circuits.edge_attribution(model, pairs, method="eap", batch_size=4,
+                                                                              keep_patterns=False),
     }
     res = measure_all(runs, args.repeat)
     for k, (sec, mb) in res.items():

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
+from einops import einsum
 from jaxtyping import Float
 from torch import Tensor
 
@@ -145,11 +146,12 @@ def stackable(pairs: Sequence[PairPlan], batch_size: int) -> list[list[int]]:
 
 @dataclass
 class Capture:
-    writers: Float[Tensor, "batch pos writer d_model"]
+    writers: Float[Tensor, "batch pos writer d_model"] | None
     grads: Float[Tensor, "batch pos reader d_model"] | None
     metric: Float[Tensor, " batch"]
     z: list[Tensor] | None = None  # per layer [batch, pos, head, d_head], when asked
     attn_out: dict[str, Tensor] | None = None
+    scores: Tensor | None = None  # [writer, reader] (or [pos, writer, reader]) with ``contract``
 
 
 def run(
@@ -163,22 +165,56 @@ def run(
     keep_z: bool = False,
     check_sum: bool = False,
     writer_values: dict[str, Tensor] | None = None,
+    contract: Tensor | None = None,
+    per_position: bool = False,
 ) -> Capture:
     """One forward (and backward when ``grad``) inside :func:`graph.split_flags`.
 
     Captures every writer's residual contribution and, with ``grad``, the gradient of the metric
     (summed over the batch) at every reader input. ``writer_values`` replaces the value of writer
     hooks (``hook_embed``, ``attn.hook_z``, ``hook_mlp_out``) while letting the gradient flow
-    through the live value (straight-through), as EAP-IG-activations needs."""
+    through the live value (straight-through), as EAP-IG-activations needs.
+
+    ``contract`` (the other run's writers, ``[batch, pos, writer, d_model]``; overwritten with
+    Δ = other − this run's writers) makes the backward contract each reader's gradient with Δ as
+    soon as it arrives, so no reader gradient is kept: the result's ``scores`` hold
+    Σ_{batch,pos} Δ·∂m/∂reader for every edge (per position with ``per_position``), and its
+    ``writers`` and ``grads`` are None. This is what keeps all-edge ``eap`` within the memory of
+    one forward + backward."""
     b = tokens.shape[0] if embed is None else embed.shape[0]
     tokens = tokens.expand(b, -1)
+    d = adapter.d_model
+    pos = tokens.shape[1]
+    dev, dt = adapter.device, adapter.dtype
+    W, R = len(graph.writers), len(graph.readers)
+    if contract is not None and (not grad or tuple(contract.shape) != (b, pos, W, d)):
+        raise ValueError(f"contract needs grad=True and shape {(b, pos, W, d)}, got {tuple(contract.shape)}")
     box: dict[str, Tensor] = {}
-    taps: dict[str, Tensor] = {}
     hooks: list[tuple[str, Callable]] = []
+    # writers go straight into their slice of one buffer (no per-hook copies joined afterwards)
+    writers = torch.zeros(b, pos, W, d, device=dev, dtype=dt) if contract is None else None
+    rhooks = graph.reader_hooks()
+    grads = torch.zeros(b, pos, R, d, device=dev, dtype=dt) if grad and contract is None else None
+    scores = None
+    if contract is not None:
+        scores = torch.zeros(*((pos,) if per_position else ()), W, R, device=dev, dtype=torch.float64)
+    # one scalar leaf added to every reader input: the backward reaches each input once, and a
+    # hook on it takes that input's gradient (exactly x + 0.0 in the forward)
+    zero = torch.zeros((), device=dev, dtype=dt, requires_grad=True) if grad else None
+    wst = graph.writer_stage
 
     def grab(name: str) -> Callable:
         def fn(x: Tensor, hook: Any) -> None:
             box[name] = x.detach()
+
+        return fn
+
+    def grab_writer(sl: slice) -> Callable:
+        def fn(x: Tensor, hook: Any) -> None:
+            if contract is not None:  # Δ = other − here, straight into the caller's buffer
+                contract[:, :, sl] -= G.as_heads(x.detach())
+            else:
+                writers[:, :, sl] = G.as_heads(x.detach())
 
         return fn
 
@@ -189,11 +225,26 @@ def run(
 
         return fn
 
-    def tap(name: str) -> Callable:
+    def take(sl: slice) -> Callable:
+        n_w = sum(1 for s in wst if s < graph.reader_stage[sl.start])  # writers in stage order
+
+        def on_grad(g: Tensor) -> None:
+            gh = G.as_heads(g)
+            if scores is None:
+                grads[:, :, sl] = gh  # type: ignore[index]
+            elif per_position:
+                scores[:, :n_w, sl] += einsum(contract[:, :, :n_w].double(), gh.double(), "b p w d, b p r d -> p w r")  # type: ignore[index]
+            else:
+                dl = contract.flatten(0, 1)[:, :n_w]  # type: ignore[union-attr]
+                scores[:n_w, sl] += torch.bmm(dl, gh.flatten(0, 1).transpose(1, 2)).sum(0).double()
+
         def fn(x: Tensor, hook: Any) -> Tensor:
-            d = torch.zeros_like(x, requires_grad=True)
-            taps[name] = d
-            return x + d
+            # a fresh view (no copy) when the input already carries the gradient: only this
+            # reader uses it, so its gradient is this reader's alone (x itself may be the
+            # residual stream, shared with later layers)
+            y = x.view_as(x) if x.requires_grad else x + zero
+            y.register_hook(on_grad)
+            return y
 
         return fn
 
@@ -201,44 +252,27 @@ def run(
     if writer_values:
         for name in writer_values:
             hooks.append((name, replace(name)))
-    for name, _ in graph.writer_hooks():
-        hooks.append((name, grab(name)))
+    for name, sl in graph.writer_hooks():
+        hooks.append((name, grab_writer(sl)))
     if keep_z:
         hooks += [(G.z_hook(layer), grab(G.z_hook(layer))) for layer in range(L)]
     if check_sum:
         hooks += [(G.attn_out(layer), grab(G.attn_out(layer))) for layer in range(L)]
-    rhooks = graph.reader_hooks()
     if grad:
-        hooks += [(name, tap(name)) for name, _, _ in rhooks]
-    with G.split_flags(adapter), (torch.enable_grad() if grad else torch.no_grad()):
+        # the scalar enters at the embedding too, so every reader input downstream carries it
+        hooks.append((G.EMBED, lambda x, hook: x + zero))
+        hooks += [(name, take(sl)) for name, _, sl in rhooks]
+    # weights frozen: a backward to the inputs only keeps no activation for weight gradients
+    with G.split_flags(adapter), adapter.frozen_weights(), (torch.enable_grad() if grad else torch.no_grad()):
         m = metric(adapter, plan, tokens, embed, hooks)
-        grads = None
         if grad:
-            names = [n for n, _, _ in rhooks if n in taps]
-            gs = torch.autograd.grad(m.sum(), [taps[n] for n in names], allow_unused=True) if names else ()
-            got = {n: (torch.zeros_like(taps[n]) if g is None else g) for n, g in zip(names, gs)}
-    d = adapter.d_model
-    pos = tokens.shape[1]
-    dev, dt = adapter.device, adapter.dtype
-
-    def zeros(k: int) -> Tensor:
-        return torch.zeros(b, pos, k, d, device=dev, dtype=dt)
-
-    parts = []
-    for name, sl in graph.writer_hooks():
-        x = box.get(name)
-        parts.append(zeros(sl.stop - sl.start) if x is None else G.as_heads(x).expand(b, -1, -1, -1))
-    writers = torch.cat(parts, dim=2)
-    if grad:
-        gp = []
-        for name, _, sl in rhooks:
-            x = got.get(name)
-            gp.append(zeros(sl.stop - sl.start) if x is None else G.as_heads(x))
-        grads = torch.cat(gp, dim=2)
+            torch.autograd.grad(m.sum(), [zero])  # type: ignore[list-item]
     if check_sum:
-        G.check_head_sum(box, L)
+        assert writers is not None
+        at = dict(graph.writer_hooks())
+        G.check_head_sum({**box, **{G.result(k): writers[:, :, at[G.result(k)]] for k in range(L)}}, L)
     z = [box[G.z_hook(layer)] for layer in range(L)] if keep_z else None
-    return Capture(writers, grads, m.detach(), z)
+    return Capture(writers, grads, m.detach(), z, scores=scores)
 
 
 def check_gap(m_clean: float, m_corrupt: float, what: str = "") -> None:

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from einops import einsum, rearrange
+from einops import einsum
 from jaxtyping import Float
 from torch import Tensor
 
@@ -280,27 +280,6 @@ def _contract(delta: Tensor, grads: Tensor, per_position: bool) -> Tensor:
     return einsum(delta, grads, "p w d, p r d -> w r").double()
 
 
-def _contract_blocks(graph: Graph, delta: Float[Tensor, "b p w d"], grads: Float[Tensor, "b p r d"]) -> Float[Tensor, "w r"]:
-    """Σ_{b,p} delta·grads for every (writer, reader), computed only where edges can exist: the
-    readers in blocks of layers, each against the writers below its top layer (about half the
-    work of the full [writer, reader] product), as batched matrix products over (b, p)."""
-    W, R = delta.shape[2], grads.shape[2]
-    out = torch.zeros(W, R, dtype=delta.dtype, device=delta.device)
-    dl = rearrange(delta, "b p w d -> (b p) w d")
-    gr = rearrange(grads, "b p r d -> (b p) d r")
-    rst = torch.tensor(graph.reader_stage)
-    wst = torch.tensor(graph.writer_stage)
-    step = max(1, graph.n_layers // 6)
-    r0 = 0
-    while r0 < R:
-        top = min(int(rst[r0]) + 2 * step, 2 * graph.n_layers + 1)
-        r1 = int((rst <= top).sum())  # readers are in stage order
-        n_w = int((wst < int(rst[r0:r1].max())).sum())
-        out[:n_w, r0:r1] = torch.bmm(dl[:, :n_w], gr[:, :, r0:r1]).sum(0)
-        r0 = r1
-    return out
-
-
 def _ig_grads(adapter, graph, pp: PairPlan, start_e, end_e, steps, batch_size, writer_interp=None) -> Tensor:
     """Σ_i w_i ∂m/∂(reader inputs) at the points start + α_i (end − start) (Gauss–Legendre)."""
     alphas, weights = rule_points(steps, "gausslegendre")
@@ -317,6 +296,13 @@ def _ig_grads(adapter, graph, pp: PairPlan, start_e, end_e, steps, batch_size, w
         g = einsum(cap.grads.double(), w, "b p r d, b -> p r d")  # type: ignore[union-attr]
         acc = g if acc is None else acc + g
     return acc.to(adapter.dtype)  # type: ignore[union-attr]
+
+
+# Default pairs per ``eap`` pass. Measured (benchmarks/bench_circuits.py, docs/circuits.md): on
+# SmolLM2-135M, 8 IOI pairs cost 5.0 forward+backward passes' worth one pair per pass, 2.8 at 4
+# per pass and 2.7 at 8; on the GPT-2-small shape the peak grows ~60 MB per stacked pair of 15
+# tokens (the per-head reader inputs), 4 per pass staying at ~0.6x TL 4.3's edge tool.
+EAP_PAIRS_PER_PASS = 4
 
 
 def _writer_names(graph: Graph) -> list[str]:
@@ -338,7 +324,7 @@ def edge_attribution(
     kind: str | None = None,
     method: str = "eap_ig_inputs",
     ig_steps: int = 5,
-    batch_size: int = 8,
+    batch_size: int | None = None,
     direction: str = "denoise",
     per_position: bool = False,
     keep_patterns: bool = True,
@@ -357,8 +343,11 @@ def edge_attribution(
         kind: the target kind (``logit_diff`` by default with a contrast).
         method: ``eap``, ``eap_ig_inputs``, ``eap_ig_activations`` or ``atp_star``.
         ig_steps: gradient points of the EAP-IG methods.
-        batch_size: gradient points per forward pass; for ``eap``, pairs per pass (pairs of one
-            token length with logit targets are stacked).
+        batch_size: gradient points per forward pass (default 8); for ``eap``, pairs per pass
+            (pairs of one token length with logit targets are stacked; default
+            ``EAP_PAIRS_PER_PASS`` = 4, which keeps most of stacking's speed on a CPU at well
+            under the peak memory of TransformerLens' one-pair-at-a-time edge tool; give more on
+            a GPU, see docs/circuits.md).
         direction: ``"denoise"`` (default) or ``"noise"``, see docs/circuits.md.
         per_position: also keep the scores per position (pairs of one length only).
         keep_patterns: store the first clean prompt's attention patterns for the display.
@@ -367,6 +356,8 @@ def edge_attribution(
     if method not in METHODS:
         raise MethodError(f"Unknown circuit method {method!r}; choose one of {list(METHODS)}.")
     check_direction(direction)
+    if batch_size is None:
+        batch_size = EAP_PAIRS_PER_PASS if method == "eap" else 8
     for nm, v in (("ig_steps", ig_steps), ("batch_size", batch_size)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise MethodError(f"{nm} must be an integer >= 1, got {v!r}.")
@@ -390,14 +381,11 @@ def edge_attribution(
             denoise = direction == "denoise"
             # the run whose gradient is taken (denoise: corrupt) and the run Δ points to
             grad_pt_toks, other_toks = (pp.corrupt, pp.clean) if denoise else (pp.clean, pp.corrupt)
-            if method in ("eap", "atp_star"):
+            if method == "atp_star":
                 other = run(adapter, graph, pp.plan, other_toks, check_sum=first)
                 here = run(adapter, graph, pp.plan, grad_pt_toks, grad=True)
                 delta = (other.writers - here.writers)[0]
-                if method == "eap":
-                    s = _contract(delta, here.grads[0], per_position)  # type: ignore[index]
-                else:
-                    s = _atp_star(adapter, graph, pp, grad_pt_toks, delta, here, per_position, batch_size)
+                s = _atp_star(adapter, graph, pp, grad_pt_toks, delta, here, per_position, batch_size)
                 cap_clean, cap_corr = (other, here) if denoise else (here, other)
             else:
                 need_z = method == "eap_ig_activations"
@@ -460,12 +448,10 @@ def _eap_stacked(adapter, graph, pairs: list[PairPlan], direction: str, per_posi
         co = torch.cat([pairs[i].corrupt for i in grp])
         grad_pt, other_t = (co, cl) if denoise else (cl, co)
         other = run(adapter, graph, plans, other_t, check_sum=gi == 0)
-        here = run(adapter, graph, plans, grad_pt, grad=True)
-        delta = other.writers - here.writers
-        if per_position:
-            s = einsum(delta.double(), here.grads.double(), "b p w d, b p r d -> p w r")  # type: ignore[union-attr]
-        else:
-            s = _contract_blocks(graph, delta, here.grads).double()  # type: ignore[arg-type]
+        # the backward contracts each reader's gradient with Δ as it arrives (no gradient kept)
+        here = run(adapter, graph, plans, grad_pt, grad=True, contract=other.writers, per_position=per_position)
+        other.writers = None
+        s = here.scores
         total = s if total is None else total + s
         m_o, m_h = other.metric.tolist(), here.metric.tolist()
         for k, i in enumerate(grp):
