@@ -126,3 +126,37 @@ def test_smollm2_doc_blocks(tmp_path):
     assert out == "a\n<!-- BEGIN generated: x -->\nnew\n<!-- END generated: x -->\nb\n"
     with pytest.raises(SystemExit, match="not found"):
         make_smollm2_doc.replace_block(text, "y", "z")
+
+
+def _reading(d_attn: float, a_attn: float, d_ig: float = 8.0) -> str:
+    recs = [
+        {"check": "perturbation", "metric": "mean_aopc", "method": "random", "value": 9.5},
+        {"check": "perturbation", "metric": "mean_aopc", "method": "random ± std", "value": 0.5},
+        {"check": "perturbation", "metric": "mean_aopc", "method": "frequency", "value": 9.8},
+        {"check": "ablation", "metric": "mean_spearman", "method": "frequency", "value": 0.1},
+        {"check": "perturbation", "metric": "mean_aopc", "method": "attnlrp", "value": d_attn},
+        {"check": "ablation", "metric": "mean_spearman", "method": "attnlrp", "value": a_attn},
+        {"check": "perturbation", "metric": "mean_aopc", "method": "integrated_gradients", "value": d_ig},
+        {"check": "ablation", "metric": "mean_spearman", "method": "integrated_gradients", "value": -0.1},
+    ]
+    rep = {"meta": {"options": {"margin": 1.0, "ablation_min_corr": 0.0}}}
+    rows = {"attnlrp": {}, "integrated_gradients": {}}
+    bench = {"x_saliency_median": {"attnlrp": 1.2}}
+    return "\n".join(mvd.reading_without_content_blind(rep, recs, rows, bench))
+
+
+@pytest.mark.parametrize(
+    "d_attn, a_attn, d_ig, met",
+    [
+        (10.1, 0.2, 8.0, True),  # above random + 1 std (10.0) and frequency on both checks
+        (9.9, 0.2, 8.0, False),  # above frequency (9.8) but not random + 1 std
+        (10.1, 0.05, 8.0, False),  # ablation above 0 but not above frequency (0.1)
+        (10.1, 0.2, 10.5, True),  # IG passes deletion but fails ablation: it still fails
+    ],
+)
+def test_issue17_reading_against_random_and_frequency_on_both_sides(d_attn, a_attn, d_ig, met):
+    """The #17 section also reads the run against the bars #17 was written with (random + 1 std
+    and frequency), without the position and recency controls; each bar is pinned on both sides."""
+    text = _reading(d_attn, a_attn, d_ig)
+    assert "deletion AOPC > 10.000" in text and "ablation Spearman > 0.100" in text
+    assert ("the target would be met by `attnlrp`" in text) is met
