@@ -16,7 +16,6 @@ import mechattr as ma
 from mechattr.circuits import attribution as A
 from mechattr.circuits.attribution import G  # the graph module (ma.circuits.graph is a function)
 from mechattr.circuits._core import metric as _metric
-from mechattr.circuits.attribution import _contract
 from mechattr.circuits.graph import Graph
 from mechattr.errors import MethodError
 from mechattr.tl import hooks as hk
@@ -97,7 +96,7 @@ def slow_atp_star(adapter, graph, pp, toks, delta, here: Capture, per_position: 
             k = sl.stop - sl.start
             parts.append(torch.zeros(1, toks.shape[-1], k, adapter.d_model, dtype=adapter.dtype, device=adapter.device)
                          if gr is None else G.as_heads(gr))
-        s = _contract(delta, torch.cat(parts, dim=2)[0], False)
+        s = torch.einsum("pwd,prd->wr", delta, torch.cat(parts, dim=2)[0]).double()
         for layer in range(L):
             ga = got.get(pnames[layer])
             lr = graph.layer_readers(layer)

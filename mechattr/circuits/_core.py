@@ -167,6 +167,8 @@ def run(
     writer_values: dict[str, Tensor] | None = None,
     contract: Tensor | None = None,
     per_position: bool = False,
+    delta: Tensor | None = None,
+    row_weights: Tensor | None = None,
 ) -> Capture:
     """One forward (and backward when ``grad``) inside :func:`graph.split_flags`.
 
@@ -180,7 +182,12 @@ def run(
     soon as it arrives, so no reader gradient is kept: the result's ``scores`` hold
     Σ_{batch,pos} Δ·∂m/∂reader for every edge (per position with ``per_position``), and its
     ``writers`` and ``grads`` are None. This is what keeps all-edge ``eap`` within the memory of
-    one forward + backward."""
+    one forward + backward.
+
+    ``delta`` (a fixed Δ, ``[pos, writer, d_model]``) with ``row_weights`` (``[batch]``) does the
+    same for EAP-IG: each reader's gradient is summed over the batch rows with the weights (the
+    quadrature of the integral) and contracted with Δ in float64 as it arrives; no writer is
+    captured."""
     b = tokens.shape[0] if embed is None else embed.shape[0]
     tokens = tokens.expand(b, -1)
     d = adapter.d_model
@@ -192,11 +199,14 @@ def run(
     box: dict[str, Tensor] = {}
     hooks: list[tuple[str, Callable]] = []
     # writers go straight into their slice of one buffer (no per-hook copies joined afterwards)
-    writers = torch.zeros(b, pos, W, d, device=dev, dtype=dt) if contract is None else None
+    if delta is not None and (not grad or contract is not None or row_weights is None or check_sum or keep_z):
+        raise ValueError("delta needs grad=True and row_weights, and no contract, check_sum or keep_z")
+    streamed = contract is not None or delta is not None
+    writers = torch.zeros(b, pos, W, d, device=dev, dtype=dt) if not streamed else None
     rhooks = graph.reader_hooks()
-    grads = torch.zeros(b, pos, R, d, device=dev, dtype=dt) if grad and contract is None else None
+    grads = torch.zeros(b, pos, R, d, device=dev, dtype=dt) if grad and not streamed else None
     scores = None
-    if contract is not None:
+    if streamed:
         scores = torch.zeros(*((pos,) if per_position else ()), W, R, device=dev, dtype=torch.float64)
     # one scalar leaf added to every reader input: the backward reaches each input once, and a
     # hook on it takes that input's gradient (exactly x + 0.0 in the forward)
@@ -232,6 +242,12 @@ def run(
             gh = G.as_heads(g)
             if scores is None:
                 grads[:, :, sl] = gh  # type: ignore[index]
+            elif delta is not None:
+                gw = einsum(gh.double(), row_weights, "b p r d, b -> p r d")
+                if per_position:
+                    scores[:, :n_w, sl] += einsum(delta[:, :n_w], gw, "p w d, p r d -> p w r")
+                else:
+                    scores[:n_w, sl] += torch.bmm(delta[:, :n_w], gw.transpose(1, 2)).sum(0)
             elif per_position:
                 scores[:, :n_w, sl] += einsum(contract[:, :, :n_w].double(), gh.double(), "b p w d, b p r d -> p w r")  # type: ignore[index]
             else:
@@ -252,8 +268,9 @@ def run(
     if writer_values:
         for name in writer_values:
             hooks.append((name, replace(name)))
-    for name, sl in graph.writer_hooks():
-        hooks.append((name, grab_writer(sl)))
+    if delta is None:
+        for name, sl in graph.writer_hooks():
+            hooks.append((name, grab_writer(sl)))
     if keep_z:
         hooks += [(G.z_hook(layer), grab(G.z_hook(layer))) for layer in range(L)]
     if check_sum:

@@ -274,28 +274,25 @@ def _graph_from(gm: dict[str, Any]) -> Graph:
 
 
 # ----- computation ------------------------------------------------------------------------------
-def _contract(delta: Tensor, grads: Tensor, per_position: bool) -> Tensor:
-    if per_position:
-        return einsum(delta.double(), grads.double(), "p w d, p r d -> p w r")
-    return einsum(delta, grads, "p w d, p r d -> w r").double()
-
-
-def _ig_grads(adapter, graph, pp: PairPlan, start_e, end_e, steps, batch_size, writer_interp=None) -> Tensor:
-    """Σ_i w_i ∂m/∂(reader inputs) at the points start + α_i (end − start) (Gauss–Legendre)."""
+def _ig_scores(adapter, graph, pp: PairPlan, delta: Tensor, start_e, end_e, steps, batch_size, per_position: bool,
+               writer_interp=None) -> Tensor:
+    """Σ_i w_i Δ·∂m/∂(reader inputs) at the points start + α_i (end − start) (Gauss–Legendre),
+    each reader's gradient contracted with Δ as the backward reaches it (:func:`run`'s ``delta``)."""
     alphas, weights = rule_points(steps, "gausslegendre")
+    dd = delta.double()
     acc = None
     for i in range(0, steps, batch_size):
         al = alphas[i : i + batch_size].to(adapter.device, adapter.dtype)
         w = weights[i : i + batch_size].to(adapter.device, torch.float64)
+        kw = dict(grad=True, delta=dd, row_weights=w, per_position=per_position)
         if writer_interp is None:
             pts = start_e + al[:, None, None] * (end_e - start_e)
-            cap = run(adapter, graph, pp.plan, pp.clean, embed=pts, grad=True)
+            cap = run(adapter, graph, pp.plan, pp.clean, embed=pts, **kw)
         else:
             vals = {n: s + al.view(-1, *([1] * (s.dim() - 1))) * (e - s) for n, (s, e) in writer_interp.items()}
-            cap = run(adapter, graph, pp.plan, pp.clean.expand(len(al), -1), grad=True, writer_values=vals)
-        g = einsum(cap.grads.double(), w, "b p r d, b -> p r d")  # type: ignore[union-attr]
-        acc = g if acc is None else acc + g
-    return acc.to(adapter.dtype)  # type: ignore[union-attr]
+            cap = run(adapter, graph, pp.plan, pp.clean.expand(len(al), -1), writer_values=vals, **kw)
+        acc = cap.scores if acc is None else acc + cap.scores
+    return acc  # type: ignore[return-value]
 
 
 # Default pairs per ``eap`` pass. Measured (benchmarks/bench_circuits.py, docs/circuits.md): on
@@ -395,11 +392,11 @@ def edge_attribution(
                 delta = (end.writers - start.writers)[0]
                 if method == "eap_ig_inputs":
                     e_s, e_e = start.writers[:, :, 0], end.writers[:, :, 0]
-                    g = _ig_grads(adapter, graph, pp, e_s, e_e, ig_steps, batch_size)
+                    s = _ig_scores(adapter, graph, pp, delta, e_s, e_e, ig_steps, batch_size, per_position)
                 else:
                     interp = _interp_values(graph, start, end)
-                    g = _ig_grads(adapter, graph, pp, None, None, ig_steps, batch_size, writer_interp=interp)
-                s = _contract(delta, g, per_position)
+                    s = _ig_scores(adapter, graph, pp, delta, None, None, ig_steps, batch_size, per_position,
+                                   writer_interp=interp)
             mc.append(float(cap_clean.metric[0]))
             mk.append(float(cap_corr.metric[0]))
             total = s if total is None else total + s
