@@ -126,12 +126,22 @@ def evaluate_hooked(
     silently not apply there."""
     if not isinstance(plan, LogitPlan):
         return plan.evaluate(adapter, tokens, embed, fwd_hooks=fwd_hooks)
+    return plan.score(hooked_logits(adapter, tokens, embed, fwd_hooks))
+
+
+def hooked_logits(
+    adapter: ModelAdapter,
+    tokens: Int[Tensor, "batch pos"],
+    embed: Float[Tensor, "batch pos d_model"] | None = None,
+    fwd_hooks: Sequence[tuple[str, Callable]] = (),
+) -> Float[Tensor, "batch pos vocab"]:
+    """The model's logits with ``fwd_hooks`` on for the whole forward (and ``embed`` in place of
+    the token embeddings, applied before the other hooks)."""
     hooks = list(fwd_hooks)
     if embed is not None:
         hooks.insert(0, replace_embed(embed))
     with adapter.hooks(fwd_hooks=hooks):
-        logits = adapter.model(tokens)
-    return plan.score(logits)
+        return adapter.model(tokens)
 
 
 class Target:

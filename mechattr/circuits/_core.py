@@ -13,7 +13,7 @@ from torch import Tensor
 
 from ..errors import InputError, MethodError, TargetError
 from ..linking.heads import evaluate_hooked
-from ..targets import Plan
+from ..targets import Plan, hooked_logits
 from ..tl.adapter import ModelAdapter
 from . import graph as G
 from .graph import Graph
@@ -113,13 +113,7 @@ def metric(adapter: ModelAdapter, plan: Plan | list[Plan], tokens: Tensor, embed
     """The metric of each batch row: the sum of the target's rows. ``plan`` may be a list with
     one logit plan per batch row (pairs stacked in one pass, see :func:`stackable`)."""
     if isinstance(plan, list):
-        hk_ = list(hooks)
-        if embed is not None:
-            from ..targets import replace_embed
-
-            hk_.insert(0, replace_embed(embed))
-        with adapter.hooks(fwd_hooks=hk_):
-            logits = adapter.model(tokens)
+        logits = hooked_logits(adapter, tokens, embed, hooks)
         return torch.cat([p.score(logits[i : i + 1]).sum(-1) for i, p in enumerate(plan)])
     vals = evaluate_hooked(adapter, plan, tokens, embed, fwd_hooks=hooks)
     return vals.sum(-1)
