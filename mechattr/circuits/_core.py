@@ -192,10 +192,10 @@ def run(
         raise ValueError(f"contract needs grad=True and shape {(b, pos, W, d)}, got {tuple(contract.shape)}")
     box: dict[str, Tensor] = {}
     hooks: list[tuple[str, Callable]] = []
-    # writers go straight into their slice of one buffer (no per-hook copies joined afterwards)
     if delta is not None and (not grad or contract is not None or row_weights is None or check_sum or keep_z):
         raise ValueError("delta needs grad=True and row_weights, and no contract, check_sum or keep_z")
     streamed = contract is not None or delta is not None
+    # writers go straight into their slice of one buffer (no per-hook copies joined afterwards)
     writers = torch.zeros(b, pos, W, d, device=dev, dtype=dt) if not streamed else None
     rhooks = graph.reader_hooks()
     grads = torch.zeros(b, pos, R, d, device=dev, dtype=dt) if grad and not streamed else None

@@ -296,9 +296,9 @@ def _ig_scores(adapter, graph, pp: PairPlan, delta: Tensor, start_e, end_e, step
 
 
 # Default pairs per ``eap`` pass. Measured (benchmarks/bench_circuits.py, docs/circuits.md): on
-# SmolLM2-135M, 8 IOI pairs cost 5.0 forward+backward passes' worth one pair per pass, 2.8 at 4
-# per pass and 2.7 at 8; on the GPT-2-small shape the peak grows ~60 MB per stacked pair of 15
-# tokens (the per-head reader inputs), 4 per pass staying at ~0.6x TL 4.3's edge tool.
+# SmolLM2-135M, 8 IOI pairs cost 4.7 forward+backward passes' worth one pair per pass, 2.65 at 4
+# per pass and 2.5 at 8; on the GPT-2-small shape the peak grows ~55 MB per stacked pair of 15
+# tokens (the per-head reader inputs): 4 per pass peak at 0.55x TL 4.3's edge tool, 8 at 1.06x.
 EAP_PAIRS_PER_PASS = 4
 
 
