@@ -484,3 +484,64 @@ def test_probe_target_read_at_an_inner_layer(tiny_model: Any) -> None:
     assert res.scores.abs().max() > 0
     plain = ma.attribute(tiny_model, TEXT, probe, method="input_x_gradient", quiet=True)
     assert not torch.allclose(res.scores, plain.scores)
+
+
+# ----- LXT (the AttnLRP authors' library) as a stored reference ------------------------------------
+LXT_REF = Path(__file__).parent / "data" / "lxt_reference.json"
+
+
+@pytest.fixture(scope="module")
+def lxt_models(tmp_path_factory: Any) -> dict[str, Any]:
+    """The two tiny models of scripts/make_lxt_reference.py, rebuilt here (their weights depend on
+    a seed and the parameter names only), loaded as TransformerLens models."""
+    sys_path = str(Path(__file__).resolve().parent.parent / "scripts")
+    import sys
+
+    sys.path.insert(0, sys_path)
+    try:
+        import make_lxt_reference as R
+    finally:
+        sys.path.remove(sys_path)
+    from mechattr.tl.loading import gpt2_tokenizer
+
+    out = {}
+    for arch in ("gpt2", "llama"):
+        d = tmp_path_factory.mktemp(f"lxt-{arch}")
+        R.build(arch, d)
+        gpt2_tokenizer().save_pretrained(str(d))
+        out[arch] = ma.load_model(str(d), kind=KINDS[-1])
+    return out
+
+
+@pytest.mark.parametrize("arch, rule", [("gpt2", "attnlrp"), ("gpt2", "cp_lrp"), ("llama", "attnlrp"), ("llama", "cp_lrp")])
+def test_rules_equal_lxt(arch: str, rule: str, lxt_models: dict[str, Any]) -> None:
+    """mechattr equals LXT 2.1's efficient AttnLRP / CP-LRP maps on the same weights (values
+    computed by LXT with transformers 4.55, where it imports: scripts/make_lxt_reference.py).
+    LXT's CP-LRP holds a Llama MLP's gate constant: mechattr's cp_lrp(gate="constant"); its
+    default (the uniform product rule it shares with AttnLRP) differs there, and the test says so."""
+    import json
+
+    ref_all = json.loads(LXT_REF.read_text())
+    case = next(c for c in ref_all["cases"] if c["arch"] == arch and c["rule"] == rule)
+    ref = torch.tensor(case["relevance"])
+    ids = torch.tensor(ref_all["ids"])
+
+    def rel(**kw: Any) -> torch.Tensor:
+        return ma.attribute(lxt_models[arch], ids, ref_all["target"], kind="logit", method=rule,
+                            attribute_bos=True, prepend_bos=False, quiet=True, **kw).token_scores()
+
+    tol = 1e-5 * float(ref.abs().max())
+    plain = ma.attribute(lxt_models[arch], ids, ref_all["target"], kind="logit", method="input_x_gradient",
+                         attribute_bos=True, prepend_bos=False, quiet=True).token_scores()
+    assert (plain - ref).abs().max() > 100 * tol  # the rules change the answer here
+    if arch == "llama" and rule == "cp_lrp":
+        got = rel(gate="constant")
+        assert (rel() - ref).abs().max() > 100 * tol  # the default gated rule is not LXT's
+    else:
+        got = rel()
+    assert torch.allclose(got, ref, atol=tol, rtol=0), f"{arch}/{rule}: {got} vs LXT {ref}"
+
+
+def test_cp_lrp_gate_option_is_checked(tiny_model: Any) -> None:
+    with pytest.raises(MethodError, match="gate must be"):
+        ma.attribute(tiny_model, TEXT, " Paris", method="cp_lrp", gate="sideways", quiet=True)

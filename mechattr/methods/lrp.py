@@ -13,7 +13,7 @@ conservative).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 import torch
@@ -173,8 +173,17 @@ def attnlrp(ctx: Context, *, layers: bool = False, baseline: Any = None, reduce:
     summary="CP-LRP (Ali et al. 2022): AttnLRP's norm and activation rules with the attention "
     "pattern held constant.",
 )
-def cp_lrp(ctx: Context, *, layers: bool = False, baseline: Any = None, reduce: str = "sum") -> MethodOutput:
-    return run_rules(ctx, rule_set("cp_lrp"), layers=layers, baseline=baseline, reduce=reduce)
+def cp_lrp(ctx: Context, *, layers: bool = False, baseline: Any = None, reduce: str = "sum",
+           gate: str = "uniform") -> MethodOutput:
+    """CP-LRP's rules as TransformerLens hooks. ``gate`` (gated MLPs only): ``"uniform"`` (the
+    product rule shared with AttnLRP) or ``"constant"`` (the gate held constant, the linear branch
+    takes all; LXT's CP-LRP map for Llama-style MLPs)."""
+    if gate not in ("uniform", "constant"):
+        raise MethodError(f"cp_lrp: gate must be 'uniform' or 'constant', got {gate!r}.")
+    rs = rule_set("cp_lrp")
+    if gate == "constant":
+        rs = replace(rs, gate_constant=True)
+    return run_rules(ctx, rs, layers=layers, baseline=baseline, reduce=reduce)
 
 
 @register(

@@ -19,7 +19,10 @@ Rules (input x gradient form):
   AttnLRP's efficient implementation does; the softmax itself passes its plain gradient (the
   AttnLRP softmax rule in input x gradient form).
 * CP-LRP: the attention pattern is a constant (``hook_pattern`` detached), so q and k receive
-  nothing and v the whole gradient (the head is linear in v).
+  nothing and v the whole gradient (the head is linear in v). Its gated-MLP product uses the
+  uniform rule by default; ``gate="constant"`` holds the gate ``f(g)`` constant instead, so the
+  linear branch ``u`` takes all of it (the signal-take-all rule of LRP for gated units, Arras et
+  al. 2017), which is what LXT's CP-LRP map does for Llama-style MLPs.
 * GIM: norm freezing, softmax backward computed at temperature T (``sT (g - <g, sT>)`` with
   ``sT = softmax(scores / T)``; defaults T = 2) and q/k/v gradient scales 1/4, 1/4, 1/2; no
   activation or product rule.
@@ -67,6 +70,7 @@ class RuleSet:
     freeze_norm: bool = True
     act_identity: bool = False
     gated_uniform: bool = False
+    gate_constant: bool = False  # gated MLP: the gate is a constant, the signal takes all
     pattern: str = "grad"  # "grad" | "detach" | "temperature"
     temperature: float = 1.0
     q_scale: float = 1.0
@@ -302,7 +306,9 @@ class RuleHooks:
             a_id = pre * ratio
             if up is None:
                 return _with_grad_of(post, a_id)
-            if self.rules.gated_uniform:
+            if self.rules.gate_constant:
+                s = a_id.detach() * up
+            elif self.rules.gated_uniform:
                 s = 0.5 * (a_id * up.detach() + a_id.detach() * up)
             else:
                 s = a_id * up
