@@ -457,14 +457,17 @@ NOTES = [
     "of all copies run packed into one sequence with an explicit attention mask and positions, led by the "
     "unperturbed input (210 token rows at 20 tokens), so it goes below the floor; the scores equal the plain "
     "computation within 1e-5 (tests/test_perf_paths.py). `MECHATTR_PREFIX_REUSE=0` gives the plain batch.",
-    "Occlusion at 320 tokens (session 5: one round without warm-up, mechattr and Captum only; Inseq and "
-    "the floor were not run for lack of CPU time on the shared machine): the 0.1x target is not met, and "
-    "prefix reuse cannot meet it. At this length the peers' per-forward overheads no longer dominate: "
-    "Captum's forward costs about 1.5x the floor's (full-vocabulary logits at all 320 positions, about 25 "
-    "GFLOP, on top of the body's about 54), so the floor sits near 0.65x Captum (an estimate from the "
-    "arithmetic, the floor was not timed), and reuse runs about half the floor's token rows; mechattr at "
-    "0.32x Captum is about 0.5x the estimated floor, the work bound of reusing prefixes. The 0.1x target "
-    "would need a quarter of the floor's arithmetic.",
+    "Occlusion at 320 tokens (one round without warm-up, mechattr, Captum and the floor on a quiet machine, "
+    "2026-12-04 14:31; Inseq not run: about 10 more minutes of the shared machine): mechattr 154 s, Captum "
+    "410 s, floor 521 s, so 0.38x Captum and 0.30x the floor; the 0.1x target is not met, and exact occlusion "
+    "cannot meet it. Occluding position i leaves positions before i unchanged and changes every position "
+    "from i on (attention carries the change forward), so an exact run must compute the suffix i..n-1 of every "
+    "copy: n(n+1)/2 = 51,360 token rows at n = 320, half of the 102,720 that the plain batch (Captum, the "
+    "floor) runs. mechattr runs exactly those rows (prefix reuse, packed suffixes), at 3.0 ms per row here "
+    "against Captum's 4.0 ms (Captum also computes full-vocabulary logits at every position); 0.1x Captum "
+    "would be 41 s, 0.8 ms per row, a quarter of what one row costs on this CPU. The earlier estimate that "
+    "Captum costs 1.5x the floor (session 5, loaded machine, floor not timed) was wrong: measured, Captum "
+    "runs at 0.79x this floor, whose eager attention over 321 full copies is not the least work at this length.",
     "Inseq 0.7.1 pins `typeguard<=2.13.3` while transformer-lens 4.3 needs `typeguard>=4.2`; Inseq never "
     "imports typeguard, so it is installed with `--no-deps` next to its real runtime dependencies (see "
     "benchmarks/README.md). Its `nvidia-*-cu11` requirements are CUDA wheels not needed on CPU.",
