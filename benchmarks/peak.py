@@ -25,16 +25,9 @@ def _trim() -> None:
         pass
 
 
-def measure(fn: Callable[[], Any], device: str) -> tuple[float, float]:
-    """(seconds, peak extra MiB) of one call of ``fn``."""
-    import torch
-
-    _trim()
-    cuda = device.startswith("cuda")
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated() / 2**20
+def sample_rss(fn: Callable[[], Any]) -> tuple[float, float, float]:
+    """(seconds, resident MiB before, peak resident MiB) of one call of ``fn``, the resident set
+    sampled every 2 ms by a thread."""
     rss0 = _rss_mib()
     peak = [rss0]
     stop = threading.Event()
@@ -48,11 +41,28 @@ def measure(fn: Callable[[], Any], device: str) -> tuple[float, float]:
     th.start()
     t0 = time.perf_counter()
     fn()
-    if cuda:
-        torch.cuda.synchronize()
     secs = time.perf_counter() - t0
     stop.set()
     th.join()
-    peak[0] = max(peak[0], _rss_mib())
-    extra = torch.cuda.max_memory_allocated() / 2**20 - before if cuda else peak[0] - rss0
+    return secs, rss0, max(peak[0], _rss_mib())
+
+
+def measure(fn: Callable[[], Any], device: str) -> tuple[float, float]:
+    """(seconds, peak extra MiB) of one call of ``fn``."""
+    import torch
+
+    _trim()
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated() / 2**20
+
+    def call() -> None:
+        fn()
+        if cuda:
+            torch.cuda.synchronize()
+
+    secs, rss0, peak = sample_rss(call)
+    extra = torch.cuda.max_memory_allocated() / 2**20 - before if cuda else peak - rss0
     return secs, extra

@@ -22,7 +22,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .peak import sample_rss
 from .tools import BOS, TOOLS, Job
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -233,11 +233,6 @@ def agreement(case: Case) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------------------- memory (child)
-def rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
 def child(tool: str, case_key: str, quick: bool, threads: int) -> None:
     """Load one tool, run one case once with an RSS sampler; print JSON."""
     torch.set_num_threads(threads)
@@ -248,23 +243,8 @@ def child(tool: str, case_key: str, quick: bool, threads: int) -> None:
         getattr(t, case.method)(Job(case.job.ids[:8], case.job.targets, 2))
     except RuntimeError:
         pass
-    before = rss_mb()
-    peak = [before]
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.is_set():
-            peak[0] = max(peak[0], rss_mb())
-            time.sleep(0.002)
-
-    th = threading.Thread(target=sample, daemon=True)
-    th.start()
-    t0 = time.perf_counter()
-    getattr(t, case.method)(case.job)
-    secs = time.perf_counter() - t0
-    stop.set()
-    th.join()
-    print("RESULT " + json.dumps({"before_mb": before, "peak_mb": peak[0], "extra_mb": peak[0] - before,
+    secs, before, peak_mb = sample_rss(lambda: getattr(t, case.method)(case.job))
+    print("RESULT " + json.dumps({"before_mb": before, "peak_mb": peak_mb, "extra_mb": peak_mb - before,
                                   "seconds": secs}))
 
 
