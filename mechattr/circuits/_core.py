@@ -144,7 +144,6 @@ class Capture:
     grads: Float[Tensor, "batch pos reader d_model"] | None
     metric: Float[Tensor, " batch"]
     z: list[Tensor] | None = None  # per layer [batch, pos, head, d_head], when asked
-    attn_out: dict[str, Tensor] | None = None
     scores: Tensor | None = None  # [writer, reader] (or [pos, writer, reader]) with ``contract``
 
 
@@ -229,24 +228,25 @@ def run(
 
         return fn
 
+    def accumulate(dl: Tensor, gr: Tensor, n_w: int, sl: slice) -> None:
+        """scores[:n_w, sl] += Σ_{batch,pos} Δ·gradient (per position with ``per_position``);
+        ``dl`` [batch, pos, writer, d], ``gr`` [batch, pos, reader, d]."""
+        if per_position:
+            scores[:, :n_w, sl] += einsum(dl[:, :, :n_w].double(), gr.double(), "b p w d, b p r d -> p w r")  # type: ignore[index]
+        else:
+            scores[:n_w, sl] += torch.bmm(dl.flatten(0, 1)[:, :n_w], gr.flatten(0, 1).transpose(1, 2)).sum(0).double()  # type: ignore[index]
+
     def take(sl: slice) -> Callable:
         n_w = sum(1 for s in wst if s < graph.reader_stage[sl.start])  # writers in stage order
 
         def on_grad(g: Tensor) -> None:
             gh = G.as_heads(g)
-            if scores is None:
-                grads[:, :, sl] = gh  # type: ignore[index]
-            elif delta is not None:
-                gw = einsum(gh.double(), row_weights, "b p r d, b -> p r d")
-                if per_position:
-                    scores[:, :n_w, sl] += einsum(delta[:, :n_w], gw, "p w d, p r d -> p w r")
-                else:
-                    scores[:n_w, sl] += torch.bmm(delta[:, :n_w], gw.transpose(1, 2)).sum(0)
-            elif per_position:
-                scores[:, :n_w, sl] += einsum(contract[:, :, :n_w].double(), gh.double(), "b p w d, b p r d -> p w r")  # type: ignore[index]
+            if grads is not None:
+                grads[:, :, sl] = gh
+            elif delta is not None:  # the quadrature over the rows first, then one contraction
+                accumulate(delta[None], einsum(gh.double(), row_weights, "b p r d, b -> p r d")[None], n_w, sl)
             else:
-                dl = contract.flatten(0, 1)[:, :n_w]  # type: ignore[union-attr]
-                scores[:n_w, sl] += torch.bmm(dl, gh.flatten(0, 1).transpose(1, 2)).sum(0).double()
+                accumulate(contract, gh, n_w, sl)  # type: ignore[arg-type]
 
         def fn(x: Tensor, hook: Any) -> Tensor:
             # a fresh view (no copy) when the input already carries the gradient: only this
