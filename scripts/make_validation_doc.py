@@ -234,11 +234,17 @@ def reading_without_content_blind(rep: dict[str, Any], recs: list[dict[str, Any]
         v = [r["value"] for r in recs if r["check"] == check and r["metric"] == metric and r["method"] == method]
         return v[0] if len(v) == 1 else None
 
-    mu, sd = mean_of("perturbation", "mean_aopc", "random"), mean_of("perturbation", "mean_aopc", "random ± std")
-    f_del, f_abl = mean_of("perturbation", "mean_aopc", "frequency"), mean_of("ablation", "mean_spearman", "frequency")
-    if None in (mu, sd, f_del, f_abl) or "margin" not in opts or "ablation_min_corr" not in opts:
+    from mechattr.validation.perturbation_curves import deletion_bars
+
+    labels = ("random", "random ± std", "frequency", "position", "recency")
+    aopc = {k: mean_of("perturbation", "mean_aopc", k) for k in labels}
+    f_abl = mean_of("ablation", "mean_spearman", "frequency")
+    if None in (aopc["random"], aopc["random ± std"], aopc["frequency"], f_abl) or "margin" not in opts \
+            or "ablation_min_corr" not in opts:
         return []
-    bar_d = max(mu + float(opts["margin"]) * sd, f_del)  # type: ignore[operator]
+    # the check's own bars (random mean + margin·std, each control), of which only random and frequency
+    bars = deletion_bars({k: {"aopc": float("nan") if v is None else v} for k, v in aopc.items()}, float(opts["margin"]))
+    bar_d = max(bars["random"], bars["frequency"])
     bar_a = max(float(opts["ablation_min_corr"]), f_abl)  # type: ignore[arg-type]
     out = ["", f"Read against random and frequency alone (the bars before #19 added the position and recency "
                f"controls): deletion AOPC > {bar_d:.3f} (random mean + {opts['margin']}·std, frequency), ablation "
