@@ -231,6 +231,15 @@ class ModelAdapter:
                 f"The input has {tokens.shape[-1]} tokens but the model's context is {self.n_ctx}. "
                 "Shorten the text (or the forced continuation)."
             )
+        if tokens.numel():
+            lo, hi = int(tokens.min()), int(tokens.max())
+            if lo < 0 or hi >= self.d_vocab:
+                bad = hi if hi >= self.d_vocab else lo
+                raise InputError(
+                    f"Token id {bad} is outside the model's vocabulary [0, {self.d_vocab}): the tokenizer "
+                    "(or the ids given) does not match the model. Load the tokenizer saved with the model, "
+                    "or pass ids below its vocabulary size (a prepended BOS id counts too)."
+                )
         return tokens
 
     def encode_continuation(self, text: str) -> list[int]:
