@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import mechattr as ma
-from mechattr.errors import MechattrError, MethodError
+from mechattr.errors import InputError, MechattrError, MethodError
 from mechattr.tl.adapter import tl_major
 
 from .conftest import model_unchanged
@@ -545,3 +545,33 @@ def test_rules_equal_lxt(arch: str, rule: str, lxt_models: dict[str, Any]) -> No
 def test_cp_lrp_gate_option_is_checked(tiny_model: Any) -> None:
     with pytest.raises(MethodError, match="gate must be"):
         ma.attribute(tiny_model, TEXT, " Paris", method="cp_lrp", gate="sideways", quiet=True)
+
+
+def test_cp_lrp_gate_from_the_cli(llama_dir: Path, capsys: Any, tmp_path: Path) -> None:
+    """`-p gate=constant` reaches the method from the CLI: on a gated (Llama) MLP the CLI's scores
+    equal the API's with the same option and differ from the default's; a bad value is an error."""
+    import json
+
+    from mechattr.cli import main
+
+    model = tl_model(llama_dir, KINDS[-1])
+    got = {}
+    for gate in ("constant", "uniform"):
+        out = tmp_path / f"{gate}.json"
+        assert main(["attribute", str(llama_dir), TEXT, "-m", "cp_lrp", "-t", " Paris", "--kind", "logit",
+                     "-p", f"gate={gate}", "--json", str(out)]) == 0
+        got[gate] = torch.tensor(json.loads(out.read_text())["scores"]).reshape(-1)
+        api = ma.attribute(model, TEXT, " Paris", kind="logit", method="cp_lrp", gate=gate, quiet=True)
+        assert torch.allclose(got[gate], api.token_scores().reshape(-1), atol=1e-6, rtol=0)
+    assert (got["constant"] - got["uniform"]).abs().max() > 1e-4
+    assert main(["attribute", str(llama_dir), TEXT, "-m", "cp_lrp", "-t", " Paris", "-p", "gate=sideways"]) != 0
+    assert "gate must be" in capsys.readouterr().err
+
+
+def test_token_ids_outside_the_vocabulary(lxt_models: dict[str, Any]) -> None:
+    """A tokenizer larger than the model (here GPT-2's BOS id 50256 against a 7,000-token model)
+    is a clear InputError, not an index error deep in the embedding."""
+    with pytest.raises(InputError, match="outside the model's vocabulary"):
+        ma.attribute(lxt_models["llama"], torch.tensor([50256, 464, 3139]), 6342, method="saliency", quiet=True)
+    with pytest.raises(InputError, match="outside the model's vocabulary"):
+        ma.attribute(lxt_models["llama"], TEXT, " Paris", method="saliency", quiet=True, prepend_bos=True)
