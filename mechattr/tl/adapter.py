@@ -236,7 +236,7 @@ class ModelAdapter:
             if lo < 0 or hi >= self.d_vocab:
                 bad = hi if hi >= self.d_vocab else lo
                 raise InputError(
-                    f"Token id {bad} is outside the model's vocabulary [0, {self.d_vocab}): the tokenizer "
+                    f"Token ids must lie in [0, {self.d_vocab}): id {bad} is outside the model's vocabulary; the tokenizer "
                     "(or the ids given) does not match the model. Load the tokenizer saved with the model, "
                     "or pass ids below its vocabulary size (a prepended BOS id counts too)."
                 )
